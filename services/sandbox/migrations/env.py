@@ -1,0 +1,4 @@
+from services.sandbox.models import metadata
+from shared.schema import run_env
+
+run_env(metadata)

@@ -1,0 +1,7 @@
+"""sessions's tables."""
+
+from shared.db import new_metadata
+
+metadata = new_metadata()
+outbox = metadata.tables["outbox"]
+inbox = metadata.tables["inbox"]

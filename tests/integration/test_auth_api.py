@@ -1,0 +1,128 @@
+"""auth's API against real PostgreSQL: guests, accounts, claims, and bad input."""
+
+import uuid
+
+import pytest
+from sqlalchemy import select
+
+from services.auth import api as auth_api
+from services.auth.models import outbox
+from tests.integration.apps import client_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def auth(settings, databases):
+    async with client_for(auth_api.build(settings)) as client:
+        yield client
+
+
+def email() -> str:
+    return f"u{uuid.uuid4().hex[:12]}@example.test"
+
+
+async def new_guest(auth) -> dict:
+    response = await auth.post("/api/v1/auth/guest")
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
+async def test_signup_with_a_guest_token_starts_one_migration_and_stores_its_event(
+    auth, sessions_for
+):
+    guest = await new_guest(auth)
+    response = await auth.post("/api/v1/auth/signup", json={
+        "email": email(), "password": "correct horse", "guest_token": guest["guest_token"]})
+    assert response.status_code == 201, response.text
+    answer = response.json()
+    migration = answer["migration"]
+    assert migration["status"] == "pending"
+    assert migration["status_url"] == f"/api/v1/auth/migrations/{migration['migration_id']}"
+
+    sessions = sessions_for("auth")
+    async with sessions() as session:
+        rows = (await session.execute(
+            select(outbox.c.envelope).where(outbox.c.routing_key == "UserLoggedIn.v1")
+        )).scalars().all()
+    mine = [row for row in rows if row["subject"] == migration["migration_id"]]
+    assert len(mine) == 1
+    assert mine[0]["data"]["guest_id"] == guest["guest_id"]
+    assert mine[0]["data"]["user_id"] == answer["user"]["id"]
+
+
+async def test_the_same_guest_twice_for_the_same_user_returns_the_same_migration(auth):
+    guest = await new_guest(auth)
+    address = email()
+    first = await auth.post("/api/v1/auth/signup", json={
+        "email": address, "password": "correct horse", "guest_token": guest["guest_token"]})
+    again = await auth.post("/api/v1/auth/login", json={
+        "email": address, "password": "correct horse", "guest_token": guest["guest_token"]})
+    token = again.json()["access_token"]
+    third = await auth.post("/api/v1/auth/migrate-guest",
+                            json={"guest_token": guest["guest_token"]},
+                            headers={"Authorization": f"Bearer {token}"})
+    assert third.status_code == 202
+    ids = {first.json()["migration"]["migration_id"], again.json()["migration"]["migration_id"],
+           third.json()["migration_id"]}
+    assert len(ids) == 1
+
+
+async def test_a_guest_claimed_by_another_user_is_refused(auth):
+    guest = await new_guest(auth)
+    await auth.post("/api/v1/auth/signup", json={
+        "email": email(), "password": "correct horse", "guest_token": guest["guest_token"]})
+    other = await auth.post("/api/v1/auth/signup", json={
+        "email": email(), "password": "correct horse", "guest_token": guest["guest_token"]})
+    assert other.status_code == 201
+    assert other.json()["migration"]["status"] == "refused"
+    token = other.json()["access_token"]
+    claim = await auth.post("/api/v1/auth/migrate-guest",
+                            json={"guest_token": guest["guest_token"]},
+                            headers={"Authorization": f"Bearer {token}"})
+    assert claim.status_code == 409
+    assert claim.json()["error"]["code"] == "guest_claimed"
+
+
+@pytest.mark.parametrize("body, code", [
+    ({"email": "nobody@example.test", "password": "whatever1"}, "invalid_credentials"),
+    ({"email": "not-an-email", "password": "whatever1"}, "invalid_request"),
+    ({"email": "a@example.test"}, "invalid_request"),
+    ({"email": "a@example.test", "password": "x" * 129}, "invalid_request"),
+    ({"email": "a@example.test", "password": "whatever1", "extra": 1}, "invalid_request"),
+    ({"email": "a@example.test", "password": "whatever1", "guest_token": "abc"},
+     "invalid_guest_token"),
+])
+async def test_bad_login_input_is_a_clear_error(auth, body, code):
+    response = await auth.post("/api/v1/auth/login", json=body)
+    assert 400 <= response.status_code < 500
+    assert response.json()["error"]["code"] == code
+
+
+async def test_a_duplicate_signup_is_a_conflict_in_any_letter_case(auth):
+    address = email()
+    first = await auth.post("/api/v1/auth/signup", json={"email": address,
+                                                         "password": "correct horse"})
+    second = await auth.post("/api/v1/auth/signup", json={"email": address.upper(),
+                                                          "password": "correct horse"})
+    assert first.status_code == 201 and first.json()["migration"] is None
+    assert second.status_code == 409
+    assert second.json()["error"]["code"] == "email_taken"
+
+
+async def test_migrate_guest_reads_the_guest_token_from_the_json_body(auth):
+    schema = (await auth.get("/api/v1/auth/openapi.json")).json()
+    operation = schema["paths"]["/api/v1/auth/migrate-guest"]["post"]
+    assert not [p for p in operation.get("parameters", []) if p["in"] == "query"]
+    assert "requestBody" in operation
+
+    login = await auth.post("/api/v1/auth/signup", json={"email": email(),
+                                                         "password": "correct horse"})
+    token = login.json()["access_token"]
+    missing = await auth.post("/api/v1/auth/migrate-guest", json={},
+                              headers={"Authorization": f"Bearer {token}"})
+    assert missing.status_code == 422
+    assert "guest_token" in missing.json()["error"]["message"]
+    bare = await auth.post("/api/v1/auth/migrate-guest", json={"guest_id": str(uuid.uuid4())},
+                           headers={"Authorization": f"Bearer {token}"})
+    assert bare.status_code == 422
