@@ -1,0 +1,35 @@
+"""The whole flow through the gateway, with every process running as ``make run`` runs them."""
+
+import httpx
+import pytest
+
+from tools import demo
+
+pytestmark = pytest.mark.e2e
+
+
+def test_a_guests_sessions_and_files_become_the_new_users(system, capsys):
+    with httpx.Client(timeout=10) as client:
+        run = demo.Demo(client, system.base_url)
+        outcome = demo.run(run)
+    assert run.failures == [], f"{run.failures}\n{system.logs()}"
+    summary = outcome["summary"]
+    assert summary["sessions_migrated"] == 3
+    assert summary["threads_migrated"] == 3
+    assert summary["files_migrated"] == 3
+    assert summary["directories_migrated"] == 3
+
+
+def test_a_bare_guest_id_is_refused_through_the_gateway(system):
+    with httpx.Client(base_url=system.base_url, timeout=10) as client:
+        guest = client.post("/api/v1/auth/guest").json()
+        bare = client.get("/api/v1/sessions", headers={"X-Guest-Id": guest["guest_id"]})
+        assert bare.status_code == 401
+        assert bare.json()["error"]["code"] == "guest_token_required"
+        unknown = client.get("/api/v1/nothing/here")
+        assert unknown.status_code == 404
+
+
+def test_every_process_stops_cleanly_on_sigterm(system):
+    codes = system.stop_all()
+    assert {name: code for name, code in codes.items() if code != 0} == {}, system.logs()

@@ -1,0 +1,60 @@
+"""The one failure policy: what happens to a message after its handler ran."""
+
+import uuid
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from shared.consuming import Permanent, decide, parse
+from shared.events import Envelope, UserLoggedIn
+from shared.topology import DELIVERY_LIMIT, RETRY_DELAYS_MS
+
+
+def test_success_is_acknowledged():
+    assert decide(None, 0, 0).action == "ack"
+
+
+def test_a_permanent_failure_is_dead_lettered_at_once_with_its_reason():
+    outcome = decide(Permanent("owner id is a path"), 0, 0)
+    assert outcome.action == "dead" and "owner id is a path" in outcome.reason
+
+
+def test_a_transient_failure_is_retried_with_growing_attempts_then_dead_lettered():
+    attempts = [decide(RuntimeError("boom"), n, 0) for n in range(len(RETRY_DELAYS_MS) + 1)]
+    assert [a.action for a in attempts] == ["retry"] * len(RETRY_DELAYS_MS) + ["dead"]
+    assert [a.attempt for a in attempts[:-1]] == list(range(1, len(RETRY_DELAYS_MS) + 1))
+    assert "boom" in attempts[-1].reason
+
+
+def test_an_outage_waits_without_spending_the_messages_retry_budget():
+    outcome = decide(OperationalError("select 1", {}, ConnectionRefusedError()), 3, 0)
+    assert outcome.action == "retry" and not outcome.counts
+
+
+def test_a_message_that_keeps_crashing_its_worker_is_dead_lettered():
+    assert decide(RuntimeError("x"), 0, DELIVERY_LIMIT - 1).action == "dead"
+
+
+@pytest.mark.parametrize("body", [b"not json", b"{}", b'{"type": 1}', b"\xff\xfe"])
+def test_a_body_that_is_not_a_cloud_event_is_refused(body):
+    with pytest.raises(Exception) as caught:
+        parse(body)
+    assert decide(caught.value, 0, 0).action == "dead"
+
+
+def test_an_envelope_round_trips_and_names_its_migration():
+    event = UserLoggedIn(migration_id=uuid.uuid4(), user_id=uuid.uuid4(), guest_id=uuid.uuid4())
+    envelope = Envelope.wrap(event, "/test")
+    again = parse(envelope.model_dump_json().encode())
+    assert again.payload() == event
+    assert again.subject == str(event.migration_id) == again.correlationid
+    assert again.routing_key == "UserLoggedIn.v1"
+    assert again.specversion == "1.0"
+
+
+def test_an_unknown_event_type_is_dead_lettered():
+    envelope = Envelope(source="/x", type="guestmigration.Nope.v1", subject="s",
+                        correlationid="c", data={})
+    with pytest.raises(Exception) as caught:
+        envelope.payload()
+    assert decide(caught.value, 0, 0).action == "dead"
