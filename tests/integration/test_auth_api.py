@@ -1,5 +1,6 @@
 """auth's API against real PostgreSQL: guests, accounts, claims, and bad input."""
 
+import asyncio
 import uuid
 
 import pytest
@@ -126,3 +127,30 @@ async def test_migrate_guest_reads_the_guest_token_from_the_json_body(auth):
     bare = await auth.post("/api/v1/auth/migrate-guest", json={"guest_id": str(uuid.uuid4())},
                            headers={"Authorization": f"Bearer {token}"})
     assert bare.status_code == 422
+
+
+async def test_concurrent_polls_and_claims_share_a_small_pool_without_deadlock(settings, databases):
+    """C07: 50 status polls and 20 claims at once on 5 connections; all answer, none leak."""
+    small = settings.model_copy(update={"db_pool_size": 5, "db_max_overflow": 0})
+    app = auth_api.build(small)
+    async with client_for(app) as auth:
+        users = []
+        for _ in range(20):
+            signup = await auth.post("/api/v1/auth/signup",
+                                     json={"email": email(), "password": "correct horse"})
+            guest = await new_guest(auth)
+            users.append((signup.json()["access_token"], guest["guest_token"]))
+        headers = {"Authorization": f"Bearer {users[0][0]}"}
+        first = await auth.post("/api/v1/auth/migrate-guest", headers=headers,
+                                json={"guest_token": users[0][1]})
+        status_url = first.json()["status_url"]
+
+        claims = [auth.post("/api/v1/auth/migrate-guest", json={"guest_token": guest},
+                            headers={"Authorization": f"Bearer {token}"})
+                  for token, guest in users]
+        polls = [auth.get(status_url, headers=headers) for _ in range(50)]
+        answers = await asyncio.gather(*claims, *polls)
+
+        assert [r.status_code for r in answers[:20]] == [202] * 20
+        assert [r.status_code for r in answers[20:]] == [200] * 50
+        assert app.state.engine.pool.checkedout() == 0
