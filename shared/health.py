@@ -5,6 +5,7 @@ Ready means the process can do its work now: its database answers and its broker
 """
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -50,18 +51,14 @@ class HealthServer:
             request = await asyncio.wait_for(reader.readline(), 5)
             path = request.split(b" ")[1] if request.count(b" ") >= 2 else b""
             if path == b"/health":
-                status, body = 200, b'{"status":"ok"}'
+                status, answer = 200, {"status": "ok"}
             elif path == b"/ready":
                 checks = await self._check()
-                ok = all(checks.values())
-                status = 200 if ok else 503
-                body = (
-                    b'{"status":"' + (b"ready" if ok else b"not ready") + b'","checks":{'
-                    + b",".join(f'"{k}":{str(v).lower()}'.encode() for k, v in checks.items())
-                    + b"}}"
-                )
+                status = 200 if all(checks.values()) else 503
+                answer = {"status": "ready" if status == 200 else "not ready", "checks": checks}
             else:
-                status, body = 404, b'{"error":{"code":"not_found","message":"no such path"}}'
+                status, answer = 404, {"error": {"code": "not_found", "message": "no such path"}}
+            body = json.dumps(answer).encode()
             reason = {200: b"OK", 404: b"Not Found", 503: b"Service Unavailable"}[status]
             writer.write(
                 b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
