@@ -82,6 +82,22 @@ async def test_threads_are_added_to_and_listed_from_their_session_newest_first(a
     assert listed.json()["next_cursor"] is None
 
 
+async def test_threads_come_in_pages_too(api, as_new):
+    me = as_new()
+    session = await create(api, me)
+    path = f"{PREFIX}/{session['id']}/threads"
+    for n in range(5):
+        await api.post(path, json={"title": f"t{n}"}, headers=me)
+    first = (await api.get(path, params={"limit": 2}, headers=me)).json()
+    rest = (await api.get(path, params={"limit": 10, "cursor": first["next_cursor"]},
+                          headers=me)).json()
+    titles = [t["title"] for t in first["items"] + rest["items"]]
+    assert titles == ["t4", "t3", "t2", "t1", "t0"]
+    assert rest["next_cursor"] is None
+    bad = await api.get(path, params={"cursor": "nope"}, headers=me)
+    assert bad.status_code == 400 and code(bad) == "invalid_cursor"
+
+
 async def test_deleting_a_session_deletes_its_threads(api, as_new):
     me = as_new()
     session = await create(api, me)
