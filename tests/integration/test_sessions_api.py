@@ -223,6 +223,13 @@ async def test_a_bad_title_or_unknown_field_is_a_422(api, as_new, payload):
     assert thread.status_code == 422 and code(thread) == "invalid_request"
 
 
+async def test_a_title_with_a_lone_surrogate_is_a_422_not_a_500(api, as_new):
+    raw = b'{"title": "broken \\ud800 half"}'
+    response = await api.post(PREFIX, content=raw, headers={**as_new(),
+                                                           "Content-Type": "application/json"})
+    assert response.status_code == 422 and code(response) == "invalid_request"
+
+
 async def test_a_title_of_exactly_200_characters_is_kept_whole(api, as_new):
     title = "é" * 200
     assert (await create(api, as_new(), title))["title"] == title
