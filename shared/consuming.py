@@ -17,6 +17,7 @@ consumer tag is still registered on an open channel; ``ready`` is true only whil
 """
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -38,7 +39,9 @@ from shared.topology import DELIVERY_LIMIT, RETRY_DELAYS_MS, Names
 log = logging.getLogger(__name__)
 
 RECONNECT_SECONDS = (0.5, 1, 2, 5)
-WATCH_SECONDS = 2.0
+CONNECT_SECONDS = 10.0
+WATCH_SECONDS = 1.0
+LOST_DRAIN_SECONDS = 2.0
 OUTAGE_RETRY_ATTEMPT = 2
 
 
@@ -58,17 +61,28 @@ class Outcome:
     counts: bool = True
 
 
+OUTAGE_ERRORS = (
+    OSError, TimeoutError, AMQPError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+)
+
+
 def is_outage(exc: BaseException) -> bool:
-    """True when the failure is the database or broker being away, not the message."""
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    return isinstance(
-        exc,
-        (OSError, AMQPError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
-         asyncpg.CannotConnectNowError, TimeoutError),
-    )
+    """True when the failure is the database or broker being away, not the message.
+
+    SQLAlchemy wraps the driver's error, so the explicit causes are looked at too: a server
+    shutting down or still starting shows up only as the cause of a generic ``DBAPIError``.
+    """
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (OperationalError, InterfaceError, *OUTAGE_ERRORS)):
+            return True
+        if isinstance(seen, DBAPIError) and (seen.connection_invalidated
+                                             or isinstance(seen.orig, OUTAGE_ERRORS)):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 def decide(exc: BaseException | None, retries: int, delivery_count: int) -> Outcome:
@@ -114,10 +128,12 @@ class Consumer:
         self._in_hand: set[asyncio.Task] = set()
         self._channel: AbstractChannel | None = None
         self._tag: str | None = None
+        self._registered = False
 
     @property
     def ready(self) -> bool:
-        return self._channel is not None and not self._channel.is_closed and self._tag is not None
+        """True only while the broker holds our consumer on an open channel."""
+        return self._registered
 
     async def _consuming(self) -> bool:
         if self._channel is None or self._channel.is_closed or self._tag is None:
@@ -126,12 +142,16 @@ class Consumer:
         return self._tag in underlay.consumers
 
     async def run(self, stop: asyncio.Event, drain_seconds: float = 15.0) -> None:
-        """Consume until ``stop``; then take no more and let what is in hand finish."""
+        """Consume until ``stop``; then take no more and let what is in hand finish.
+
+        Any failure of the connection, the channel or the consumer starts over with a new
+        connection after a growing pause; only cancellation ends the loop early.
+        """
         failures = 0
         while not stop.is_set():
             try:
-                connection = await aio_pika.connect(self._url, timeout=10)
-            except (AMQPError, OSError, TimeoutError) as exc:
+                connection = await aio_pika.connect(self._url, timeout=CONNECT_SECONDS)
+            except Exception as exc:
                 delay = RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)]
                 failures += 1
                 log.warning("broker unreachable", extra={"queue": self._queue,
@@ -141,14 +161,21 @@ class Consumer:
             try:
                 await self._consume_on(connection, stop)
                 failures = 0
-            except (AMQPError, OSError, TimeoutError) as exc:
+            except Exception as exc:
+                failures += 1
                 log.warning("consumer lost", extra={"queue": self._queue, "error": repr(exc)})
             finally:
-                await self._drain(drain_seconds)
+                self._registered = False
+                # After a lost connection nothing in hand can be acknowledged any more: the
+                # broker gives those messages out again, so waiting long for them is pointless.
+                await self._drain(drain_seconds if stop.is_set() else LOST_DRAIN_SECONDS)
                 self._tag = None
                 self._channel = None
                 if not connection.is_closed:
-                    await connection.close()
+                    with contextlib.suppress(Exception):
+                        await connection.close()
+            if not stop.is_set():
+                await _wait(stop, RECONNECT_SECONDS[min(failures, len(RECONNECT_SECONDS) - 1)])
         await self._publisher.close()
 
     async def _consume_on(self, connection, stop: asyncio.Event) -> None:
@@ -157,13 +184,15 @@ class Consumer:
         queue = await channel.get_queue(self._queue, ensure=True)
         self._channel = channel
         self._tag = await queue.consume(self._on_message)
+        self._registered = True
         log.info("consuming", extra={"queue": self._queue})
         while not stop.is_set() and await self._consuming():
             await _wait(stop, WATCH_SECONDS)
+        self._registered = False
         if stop.is_set() and not channel.is_closed:
             await queue.cancel(self._tag)
             log.info("stopped taking messages", extra={"queue": self._queue})
-        else:
+        elif not stop.is_set():
             log.warning("consumer gone, reconnecting", extra={"queue": self._queue})
 
     async def _drain(self, seconds: float) -> None:
@@ -171,10 +200,11 @@ class Consumer:
             return
         done, pending = await asyncio.wait(self._in_hand, timeout=seconds)
         if pending:
-            log.warning("messages still in hand at shutdown are returned to the queue",
+            log.warning("messages still in hand are left unacknowledged; the broker returns them",
                         extra={"queue": self._queue, "count": len(pending)})
             for task in pending:
                 task.cancel()
+            await asyncio.wait(pending, timeout=1)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.current_task()
@@ -182,6 +212,14 @@ class Consumer:
             self._in_hand.add(task)
         try:
             await self._process(message)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Settling needs the broker; when it is away the message stays unacknowledged and
+            # comes back on the next connection, where the inbox makes the repeat harmless.
+            log.warning("could not settle a message; the broker will deliver it again",
+                        extra={"queue": self._queue, "message_id": message.message_id,
+                               "error": repr(exc)})
         finally:
             if task is not None:
                 self._in_hand.discard(task)

@@ -8,12 +8,12 @@ commit sends a row again; consumers' inboxes make that harmless.
 """
 
 import asyncio
+import contextlib
 import logging
 import sys
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
-from aio_pika.exceptions import AMQPError
 from sqlalchemy import Table, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -108,43 +108,50 @@ class Relay:
         return sent, len(rows) == BATCH
 
     async def listen(self, dsn: str, stop: asyncio.Event) -> None:
-        """Keep a LISTEN connection open; reconnect when it drops."""
+        """Keep a LISTEN connection open; reconnect when it drops (polling covers the gap)."""
         while not stop.is_set():
+            connection = None
+            lost = asyncio.Event()
             try:
                 connection = await asyncpg.connect(dsn, timeout=10)
-            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+                connection.add_termination_listener(lambda _c, lost=lost: lost.set())
+                await connection.add_listener(outbox.CHANNEL, lambda *_a: self.wake())
+                self.wake()
+                await _first(stop.wait(), lost.wait())
+            except (TimeoutError, OSError, asyncpg.PostgresError,
+                    asyncpg.InterfaceError) as exc:
                 log.warning("cannot LISTEN, polling only", extra={"error": repr(exc)})
                 await _sleep_or_stop(stop, 2.0)
-                continue
-            lost = asyncio.Event()
-            connection.add_termination_listener(lambda _c, lost=lost: lost.set())
-            await connection.add_listener(outbox.CHANNEL, lambda *_a: self.wake())
-            self.wake()
-            try:
-                await _first(stop.wait(), lost.wait())
             finally:
-                if not connection.is_closed():
-                    await connection.close(timeout=2)
+                if connection is not None and not connection.is_closed():
+                    with contextlib.suppress(Exception):
+                        await connection.close(timeout=2)
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Drain on every wake-up and every ``POLL_SECONDS``; never give up while running."""
         while not stop.is_set():
             try:
-                if not self._publisher.connected:
-                    await self._publisher.connect()
-                await self.drain()
-            except AMQPError as exc:
-                log.warning("broker unreachable", extra={"error": repr(exc)})
-            except (OSError, asyncpg.PostgresError, SQLAlchemyError, TimeoutError) as exc:
-                self.database_ok = False
-                log.warning("outbox unreachable", extra={"error": repr(exc)})
-            except Exception as exc:
-                self.database_ok = False
-                log.error("relay pass failed", extra={"error": repr(exc)}, exc_info=True)
+                await self._publisher.connect()
+            except Exception as exc:  # connect fails fast; the rows wait in the outbox
+                log.warning("broker unreachable, events wait in the outbox",
+                            extra={"error": repr(exc)})
+            else:
+                await self._drain_once()
             self._wake.clear()
             try:
                 await asyncio.wait_for(_first(self._wake.wait(), stop.wait()), POLL_SECONDS)
             except TimeoutError:
                 pass
+
+    async def _drain_once(self) -> None:
+        try:
+            await self.drain()
+        except (OSError, asyncpg.PostgresError, SQLAlchemyError, TimeoutError) as exc:
+            self.database_ok = False
+            log.warning("outbox unreachable", extra={"error": repr(exc)})
+        except Exception as exc:
+            self.database_ok = False
+            log.error("relay pass failed", extra={"error": repr(exc)}, exc_info=True)
 
 
 async def _first(*awaitables) -> None:
