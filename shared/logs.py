@@ -31,6 +31,19 @@ def bind(**fields: object) -> Iterator[None]:
         _context.reset(token)
 
 
+class _ProcessName(logging.Filter):
+    """Names the entry module's logger after the process (``python -m`` calls it __main__)."""
+
+    def __init__(self, process: str) -> None:
+        super().__init__()
+        self._process = process
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "__main__":
+            record.name = self._process
+        return True
+
+
 def _fields(record: logging.LogRecord) -> dict[str, object]:
     extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
     return {**(_context.get() or {}), **extra}
@@ -65,6 +78,7 @@ def configure(process: str, level: str = "INFO", fmt: str = "text") -> None:
     """Called once by each process's entry module, never at import time."""
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(_ProcessName(process))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

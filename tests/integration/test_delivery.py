@@ -36,14 +36,17 @@ async def watch(channel, names: Names, key: str):
     return queue
 
 
-async def next_message(queue, timeout: float = 10.0):
+async def next_message(queue, message_id: str, timeout: float = 10.0):
+    """The message with this id; others (other tests' events) are acknowledged and passed over."""
     async with asyncio.timeout(timeout):
         while True:
             message = await queue.get(fail=False)
-            if message is not None:
-                await message.ack()
+            if message is None:
+                await asyncio.sleep(0.05)
+                continue
+            await message.ack()
+            if message.message_id == message_id:
                 return message
-            await asyncio.sleep(0.05)
 
 
 async def test_the_relay_publishes_a_stored_event_and_marks_it_sent_after_the_confirm(
@@ -59,8 +62,8 @@ async def test_the_relay_publishes_a_stored_event_and_marks_it_sent_after_the_co
     assert await relay.drain() >= 1
     await publisher.close()
 
-    seen = Envelope.model_validate_json((await next_message(queue)).body)
-    assert seen.id == envelope.id
+    seen = await next_message(queue, str(envelope.id))
+    assert Envelope.model_validate_json(seen.body).id == envelope.id
     async with sessions() as session:
         sent = (await session.execute(
             select(outbox.c.published_at).where(outbox.c.id == envelope.id))).scalar_one()
