@@ -1,4 +1,4 @@
-"""outbox and inbox
+"""outbox, inbox and sandbox_moves
 
 Revision ID: 0001
 Revises:
@@ -58,8 +58,42 @@ def upgrade() -> None:
         postgresql_where=sa.text("published_at IS NULL"),
     )
 
+    op.create_table(
+        "sandbox_moves",
+        sa.Column("migration_id", sa.Uuid(), nullable=False),
+        sa.Column("guest_id", sa.Uuid(), nullable=False),
+        sa.Column("user_id", sa.Uuid(), nullable=False),
+        sa.Column("state", sa.Text(), nullable=False),
+        sa.Column("directories", postgresql.JSONB(astext_type=sa.Text()), nullable=True),
+        sa.Column("files", sa.Integer(), nullable=True),
+        sa.Column("folders", sa.Integer(), nullable=True),
+        sa.Column("bytes", sa.BigInteger(), nullable=True),
+        sa.Column("links_skipped", sa.Integer(), nullable=True),
+        sa.Column("renamed", sa.Integer(), nullable=True),
+        sa.Column(
+            "created_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column(
+            "updated_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.CheckConstraint(
+            "state IN ('fenced', 'staged', 'done')", name=op.f("ck_sandbox_moves_state")
+        ),
+        sa.PrimaryKeyConstraint("migration_id", name=op.f("pk_sandbox_moves")),
+        sa.UniqueConstraint("guest_id", name=op.f("uq_sandbox_moves_guest_id")),
+    )
+    op.create_index(op.f("ix_sandbox_moves_user_id"), "sandbox_moves", ["user_id"], unique=False)
+
 
 def downgrade() -> None:
+    op.drop_index(op.f("ix_sandbox_moves_user_id"), table_name="sandbox_moves")
+    op.drop_table("sandbox_moves")
     op.drop_index(
         "ix_outbox_pending", table_name="outbox", postgresql_where=sa.text("published_at IS NULL")
     )
