@@ -91,8 +91,10 @@ class System:
 
     def start(self, name: str) -> None:
         log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it
+        # ``env`` takes the Procfile's leading ``VAR=value`` words; a bare ``exec`` would try
+        # to run the first of them as the program.
         self.processes[name] = subprocess.Popen(
-            ["sh", "-c", f"exec {self.commands[name]}"], cwd=PROJECT_ROOT, env=self.env,
+            ["sh", "-c", f"exec env {self.commands[name]}"], cwd=PROJECT_ROOT, env=self.env,
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()
