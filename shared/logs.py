@@ -17,7 +17,9 @@ _context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar
     "log_context", default=None
 )
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
+# Fields every record has, and uvicorn's coloured copy of its message: not worth a field.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message", "asctime", "color_message"}
 
 
 @contextlib.contextmanager

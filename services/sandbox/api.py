@@ -102,6 +102,15 @@ async def _refuse_if_fenced(session, caller: Caller) -> None:
                        "this guest's files have moved to an account; log in to use them")
 
 
+async def _refuse_migrated_reader(session, caller: Caller) -> None:
+    """A migrated guest's files are the user's now: its token reads nothing here either."""
+    if caller.is_guest:
+        async with session.begin():
+            if await fence.is_fenced(session, caller.id):
+                raise ApiError(403, "guest_migrated",
+                               "this guest's files have moved to an account; log in to use them")
+
+
 @router.post("/{area}", status_code=201)
 async def upload(area: str, caller: CurrentCaller, request: Request, session: DbSession,
                  file: UploadFile = File(...), path: str = Form("")) -> Stored:
@@ -172,9 +181,11 @@ def _place(temp: Path, owner: Path, parts: tuple[str, ...], name: str) -> None:
 
 
 @router.get("/{area}")
-async def listing(area: str, caller: CurrentCaller, request: Request) -> Listing:
+async def listing(area: str, caller: CurrentCaller, request: Request,
+                  session: DbSession) -> Listing:
     """Every file in one of the caller's areas, with paths relative to the area."""
     area = _area(area)
+    await _refuse_migrated_reader(session, caller)
     base = _owner_dir(request, caller) / area
     items = await run_in_threadpool(_items, base)
     return Listing(items=items)
@@ -192,12 +203,14 @@ def _items(base: Path) -> list[Item]:
 
 
 @router.get("/{area}/{path:path}")
-async def download(area: str, path: str, caller: CurrentCaller, request: Request) -> Response:
+async def download(area: str, path: str, caller: CurrentCaller, request: Request,
+                   session: DbSession) -> Response:
     """Download one of the caller's files, streamed."""
     area = _area(area)
     parts = _relative(path)
     if not parts:
         raise ApiError(400, "invalid_path", "name a file")
+    await _refuse_migrated_reader(session, caller)
     fd, size = _open_file(_owner_dir(request, caller), (area, *parts))
     disposition = f"attachment; filename*=UTF-8''{quote(parts[-1], safe='')}"
     return StreamingResponse(_chunks(fd), media_type="application/octet-stream",

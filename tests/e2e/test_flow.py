@@ -1,5 +1,7 @@
 """The whole flow through the gateway, with every process running as ``make run`` runs them."""
 
+import signal
+
 import httpx
 import pytest
 
@@ -30,6 +32,17 @@ def test_a_bare_guest_id_is_refused_through_the_gateway(system):
         assert unknown.status_code == 404
 
 
+STOPPED = {"api": "Application shutdown complete", "gateway": "Application shutdown complete",
+           "worker": "worker stopped", "listener": "worker stopped", "relay": "relay stopped"}
+
+
 def test_every_process_stops_cleanly_on_sigterm(system):
+    """As Ctrl-C on ``make run``: each finishes its shutdown and exits.
+
+    uvicorn re-raises the signal once its shutdown is complete, so an API's exit status is
+    "terminated by SIGTERM" after its clean-shutdown line; the workers and relays exit with 0.
+    """
     codes = system.stop_all()
-    assert {name: code for name, code in codes.items() if code != 0} == {}, system.logs()
+    for name, code in codes.items():
+        assert code in (0, -signal.SIGTERM), f"{name} exited with {code}\n{system.logs()}"
+        assert STOPPED[name.rsplit("-", 1)[-1]] in system.tail(name), system.tail(name)

@@ -266,3 +266,24 @@ async def test_guest_uploads_racing_the_move_are_either_moved_or_refused(
 
         late = await client.delete(f"{PREFIX}/uploads/first.txt", headers=headers)
         assert late.status_code == 403
+
+
+async def test_a_migrated_guest_token_no_longer_lists_or_downloads_while_the_user_can(
+    sessions, root, settings, signing_key, mint
+):
+    guest_id, user_id = uuid.uuid4(), uuid.uuid4()
+    as_guest = {"Authorization": f"Bearer {mint('guest', guest_id)}"}
+    as_user = {"Authorization": f"Bearer {mint('user', user_id)}"}
+    async with client_for(build(settings, StaticKeys(signing_key.verification_keys()))) as client:
+        stored = await client.post(f"{PREFIX}/outputs", headers=as_guest,
+                                   files={"file": ("r.csv", b"1,2")})
+        assert stored.status_code == 201
+        assert (await client.get(f"{PREFIX}/outputs/r.csv", headers=as_guest)).content == b"1,2"
+
+        await run(sessions, root, logged_in(guest_id=guest_id, user_id=user_id))
+
+        for path in (f"{PREFIX}/outputs", f"{PREFIX}/outputs/r.csv"):
+            refused = await client.get(path, headers=as_guest)
+            assert refused.status_code == 403
+            assert refused.json()["error"]["code"] == "guest_migrated"
+        assert (await client.get(f"{PREFIX}/outputs/r.csv", headers=as_user)).content == b"1,2"
