@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,8 +62,11 @@ class Outcome:
     counts: bool = True
 
 
+# Only connection failures: a full disk (ENOSPC) is an OSError too, but retrying it forever
+# without spending the message's budget would hide it instead of dead-lettering it.
 OUTAGE_ERRORS = (
-    OSError, TimeoutError, AMQPError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError,
+    ConnectionError, socket.gaierror, TimeoutError, AMQPError, asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
     asyncpg.CannotConnectNowError, asyncpg.exceptions.AdminShutdownError,
     asyncpg.exceptions.CrashShutdownError,
 )

@@ -58,3 +58,10 @@ def test_an_unknown_event_type_is_dead_lettered():
     with pytest.raises(Exception) as caught:
         envelope.payload()
     assert decide(caught.value, 0, 0).action == "dead"
+
+
+def test_a_disk_error_spends_the_retry_budget_and_is_dead_lettered_in_the_end():
+    full = OSError(28, "No space left on device")
+    assert decide(full, 0, 0).counts
+    assert decide(full, len(RETRY_DELAYS_MS), 0).action == "dead"
+    assert not decide(ConnectionRefusedError(), 0, 0).counts
