@@ -77,6 +77,8 @@ class Report:
     duplicated_effects: int = 0
     in_flight_at_broker_restart: int = 0
     in_flight_at_database_restart: int = 0
+    faults_while_in_flight: int = 0
+    backlog_seconds: float = 0.0
     drain_seconds: float = 0.0
     observed_completed: int = 0
     observed_raw_duplicates: int = 0
@@ -95,6 +97,8 @@ class Report:
             ("migrations", str(self.migrations)),
             ("in flight at the RabbitMQ restart", str(self.in_flight_at_broker_restart)),
             ("in flight at the PostgreSQL restart", str(self.in_flight_at_database_restart)),
+            ("faults injected while migrations were in flight",
+             f"{self.faults_while_in_flight} of {sum(self.faults.values())}"),
             ("completed", str(self.completed)),
             ("lost", str(self.lost)),
             ("duplicated effects", str(self.duplicated_effects)),
@@ -102,6 +106,7 @@ class Report:
             ("  raw duplicate deliveries of those", str(self.observed_raw_duplicates)),
             ("dead letters", str(sum(self.dead_letters.values()))),
             ("time to drain after the last fault", f"{self.drain_seconds:.1f} s"),
+            ("time from the broker's return to quiet", f"{self.backlog_seconds:.1f} s"),
             ("whole run", f"{self.seconds:.1f} s"),
             ("problems", str(len(self.problems))),
         ]
@@ -229,12 +234,15 @@ class Faults:
         self.last_at = time.monotonic()
         self.in_flight: dict[str, int] = {}
         self.duplicated: set[str] = set()
+        self.while_in_flight = 0
         self.lock = threading.Lock()
 
     def _done(self, kind: str) -> None:
+        in_flight = pending_migrations(self.private.settings)
         with self.lock:
             self.counts[kind] += 1
             self.last_at = time.monotonic()
+            self.while_in_flight += int(in_flight > 0)
 
     def kill_one(self) -> None:
         name = self.rng.choice(KILLABLE)
@@ -508,6 +516,7 @@ def _drive(private: Private, client: Client, rng: random.Random, run_id: str,
         stop_killing.set()
         killer.join()
     faults.start_broker()
+    broker_back = time.monotonic()
 
     during = ["database"] + ["kill"] * max(6, report.migrations // 25)
     during += ["twice"] * max(3, report.migrations // 60)
@@ -515,14 +524,16 @@ def _drive(private: Private, client: Client, rng: random.Random, run_id: str,
     actions = {"database": faults.restart_database, "kill": faults.kill_one,
                "twice": faults.deliver_twice}
     for kind in during:
-        time.sleep(rng.uniform(0.2, 1.5))
+        time.sleep(rng.uniform(0.1, 1.0))
         actions[kind]()
 
     report.faults = faults.counts
     report.in_flight_at_broker_restart = faults.in_flight.get("broker", 0)
     report.in_flight_at_database_restart = faults.in_flight.get("database", 0)
+    report.faults_while_in_flight = faults.while_in_flight
     quiet = wait_until_quiet(private.settings, drain_timeout)
     report.drain_seconds = time.monotonic() - faults.last_at
+    report.backlog_seconds = time.monotonic() - broker_back
     if not quiet:
         report.problems.append(f"not quiet {drain_timeout:.0f} s after the last fault")
     private.system.wait_ready(list(private.system.commands), timeout=60)
