@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from shared.consuming import Consumer, Handler, OnDead
-from shared.events import Envelope, MigrationStepFailed, Step
+from shared.events import Envelope, MigrationStepFailed, Step, UserLoggedIn
 from shared.health import HealthServer
 from shared.process import run_until_signalled
 from shared.publishing import Publisher
@@ -25,11 +25,17 @@ def report_step_failed(publisher: Publisher, step: Step, source: str) -> OnDead:
 
     async def on_dead(envelope: Envelope, reason: str) -> None:
         try:
-            migration_id = envelope.payload().migration_id
+            claim = envelope.payload()
         except Exception:
             log.warning("dead letter names no migration; nothing to report")
             return
-        failed = MigrationStepFailed(migration_id=migration_id, step=step, reason=reason[:500])
+        if not isinstance(claim, UserLoggedIn):
+            # A stray event of another kind must not fail a migration that is going well.
+            log.warning("dead letter is not a step's work; nothing to report",
+                        extra={"type": envelope.type})
+            return
+        failed = MigrationStepFailed(migration_id=claim.migration_id, step=step,
+                                     reason=reason[:500])
         await publisher.publish(Envelope.wrap(failed, source, envelope.correlationid))
         log.info("step failure reported", extra={"step": step, "reason": reason})
 

@@ -14,6 +14,7 @@ from shared.events import Envelope, SessionsMigrated, UserLoggedIn
 from shared.publishing import Publisher, Unroutable
 from shared.relay import Relay
 from shared.topology import Names
+from shared.worker import report_step_failed
 
 pytestmark = pytest.mark.integration
 
@@ -188,3 +189,26 @@ async def test_a_body_that_is_not_json_is_dead_lettered_not_dropped(settings, br
         stop.set()
         await task
     assert "JSON" in message.headers["x-reason"]
+
+
+async def test_a_dead_step_message_reports_its_migration_failed_and_a_stray_one_does_not(
+    settings, broker, channel
+):
+    queue = await watch(channel, broker, "MigrationStepFailed.v1")
+    publisher = Publisher(settings.amqp_url, broker)
+    on_dead = report_step_failed(publisher, "sandbox", "/test")
+    claim = logged_in()
+    stray = SessionsMigrated(migration_id=uuid.uuid4(), user_id=uuid.uuid4(),
+                             guest_id=uuid.uuid4(), sessions=0, threads=0)
+    try:
+        await on_dead(Envelope.wrap(stray, "/test"), "not mine")
+        await on_dead(Envelope.wrap(claim, "/test"), "disk on fire")
+    finally:
+        await publisher.close()
+
+    reports = []
+    while (message := await queue.get(fail=False, timeout=5)) is not None:
+        await message.ack()
+        reports.append(Envelope.model_validate_json(message.body).payload())
+    assert [(r.migration_id, r.step, r.reason) for r in reports] == [
+        (claim.migration_id, "sandbox", "disk on fire")]
