@@ -13,8 +13,12 @@ MIGRATIONS = 220
 
 
 @pytest.fixture(scope="module")
-def report() -> faults.Report:
-    return faults.run(MIGRATIONS, drain_timeout=180)
+def report(pytestconfig) -> faults.Report:
+    outcome = faults.run(MIGRATIONS, drain_timeout=180)
+    terminal = pytestconfig.pluginmanager.get_plugin("terminalreporter")
+    if terminal is not None:
+        terminal.write_line(f"\nfault run:\n{outcome.table()}")
+    return outcome
 
 
 def test_every_migration_completes_once_through_kills_restarts_and_duplicates(report):
