@@ -135,6 +135,8 @@ class Relay:
             except Exception as exc:  # connect fails fast; the rows wait in the outbox
                 log.warning("broker unreachable, events wait in the outbox",
                             extra={"error": repr(exc)})
+                # New rows' notifications must not turn into a storm of connection attempts.
+                await _sleep_or_stop(stop, POLL_SECONDS)
             else:
                 await self._drain_once()
             self._wake.clear()
