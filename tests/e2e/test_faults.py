@@ -6,6 +6,7 @@ Sized to finish in a few minutes on a small machine; ``make soak N=1000`` runs i
 import pytest
 
 from tests.e2e import faults
+from tests.e2e.conftest import SUMMARIES
 
 pytestmark = pytest.mark.e2e
 
@@ -13,11 +14,9 @@ MIGRATIONS = 220
 
 
 @pytest.fixture(scope="module")
-def report(pytestconfig) -> faults.Report:
+def report() -> faults.Report:
     outcome = faults.run(MIGRATIONS, drain_timeout=180)
-    terminal = pytestconfig.pluginmanager.get_plugin("terminalreporter")
-    if terminal is not None:
-        terminal.write_line(f"\nfault run:\n{outcome.table()}")
+    SUMMARIES.append(f"{MIGRATIONS} migrations\n{outcome.table()}")
     return outcome
 
 
