@@ -32,6 +32,7 @@ FAILURE_HEADERS = ("x-retries", "x-last-error", "x-reason", "x-failed-at", "x-qu
                    "x-death", "x-delivery-count", "x-first-death-exchange",
                    "x-first-death-queue", "x-first-death-reason", "x-last-death-exchange",
                    "x-last-death-queue", "x-last-death-reason")
+REASON_WIDTH = 240
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,9 @@ def table(letters: list[DeadLetter]) -> str:
     if not letters:
         return "no dead letters"
     rows = [("group", "message id", "type", "migration id", "retries", "failed at", "reason")]
+    # A validation error's reason spans lines; one line per dead letter keeps the table a table.
     rows += [(d.group, d.message_id, d.type, d.migration_id, str(d.retries), d.failed_at,
-              d.reason) for d in letters]
+              " ".join(d.reason.split())[:REASON_WIDTH]) for d in letters]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
@@ -166,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
             print(table(asyncio.run(list_dead(settings.amqp_url, names, args.group))))
             return 0
         done = asyncio.run(replay(settings.amqp_url, names, args.message_ids, args.group))
+    except aio_pika.exceptions.ChannelNotFoundEntity:
+        print(f"no dead-letter queues for namespace {names.namespace!r} on this broker; "
+              "`make prepare` declares them")
+        return 1
     except (OSError, aio_pika.exceptions.AMQPError) as exc:
         print(f"cannot reach the broker at {settings.amqp_url.split('@')[-1]}: {exc!r}")
         return 1
