@@ -21,7 +21,19 @@ log = logging.getLogger(__name__)
 
 WEB = Path(__file__).resolve().parent / "web"
 HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
-              "proxy-authorization", "proxy-authenticate", "host", "content-length"}
+              "proxy-authorization", "proxy-authenticate", "host"}
+
+
+def upstream_url(base: str, scope: dict) -> str:
+    """The service's URL for this request, with the path exactly as the client encoded it.
+
+    Passing the decoded path on would decode it twice: ``100%2525.txt`` would reach the
+    service as ``100%25.txt``, another file. nginx's ``proxy_pass`` without a URI does the same.
+    """
+    url = base + scope["raw_path"].decode("latin-1")
+    if scope.get("query_string"):
+        url += "?" + scope["query_string"].decode("latin-1")
+    return url
 
 
 def build(settings: Settings) -> FastAPI:
@@ -43,6 +55,19 @@ def build(settings: Settings) -> FastAPI:
     async def health() -> dict:
         return {"status": "ok"}
 
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        """Ready when every service behind it is."""
+        checks = {}
+        for service, base in upstreams.items():
+            try:
+                checks[service] = (await client.get(f"{base}/ready")).status_code == 200
+            except httpx.HTTPError:
+                checks[service] = False
+        ok = all(checks.values())
+        return JSONResponse({"status": "ready" if ok else "not ready", "checks": checks},
+                            200 if ok else 503)
+
     @app.api_route("/api/v1/{service}/{rest:path}",
                    methods=["GET", "POST", "PATCH", "PUT", "DELETE"])
     @app.api_route("/api/v1/{service}", methods=["GET", "POST"])
@@ -50,11 +75,15 @@ def build(settings: Settings) -> FastAPI:
         base = upstreams.get(service)
         if base is None:
             return JSONResponse(errors.body("not_found", "no such service"), 404)
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        upstream = client.build_request(
-            request.method, base + request.url.path, params=request.query_params,
-            headers=headers, content=request.stream(),
-        )
+        try:
+            upstream = client.build_request(
+                request.method, upstream_url(base, request.scope),
+                headers=[(k, v) for k, v in request.headers.items()
+                         if k.lower() not in HOP_BY_HOP],
+                content=request.stream(),
+            )
+        except httpx.InvalidURL:
+            return JSONResponse(errors.body("invalid_path", "the path is not a valid URL"), 400)
         try:
             response = await client.send(upstream, stream=True)
         except httpx.HTTPError as exc:

@@ -11,7 +11,9 @@ from typing import Annotated
 
 import uvicorn
 from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from shared import errors, health, logs
 from shared.db import make_engine, make_sessionmaker
@@ -21,6 +23,65 @@ from shared.topology import Names
 from shared.worker import database_answers
 
 log = logging.getLogger(__name__)
+
+
+FORM_OVERHEAD = 64 * 1024
+
+
+class BodyLimit:
+    """Refuse a request body over its limit with 413, whether declared or streamed.
+
+    JSON bodies are small by nature (``json_max_bytes``): they are read here, up to the limit,
+    and handed on whole. A multipart upload may be as large as ``upload_max_bytes`` plus its
+    framing; a declared size over that is refused here, and the route that streams the upload
+    to disk counts the rest.
+    """
+
+    def __init__(self, app: ASGIApp, json_limit: int, upload_limit: int) -> None:
+        self.app = app
+        self.json_limit = json_limit
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        multipart = headers.get(b"content-type", b"").startswith(b"multipart/")
+        limit = self.upload_limit if multipart else self.json_limit
+        allowed = limit - FORM_OVERHEAD if multipart else limit
+        too_large = JSONResponse(
+            errors.body("too_large", f"the body may be at most {allowed} bytes"), 413)
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await too_large(scope, receive, send)
+            return
+        if multipart:
+            await self.app(scope, receive, send)
+            return
+
+        chunks, size, more = [], 0, True
+        while more:
+            event = await receive()
+            if event["type"] != "http.request":
+                break
+            chunks.append(event.get("body", b""))
+            size += len(chunks[-1])
+            more = event.get("more_body", False)
+            if size > limit:
+                await too_large(scope, receive, send)
+                return
+        whole = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        handed = False
+
+        async def replay() -> Message:
+            nonlocal handed
+            if not handed:
+                handed = True
+                return whole
+            return await receive()
+
+        await self.app(scope, replay, send)
 
 
 def create_app(
@@ -49,9 +110,11 @@ def create_app(
             await engine.dispose()
             log.info("api stopped", extra={"service": service})
 
-    app = FastAPI(lifespan=lifespan, **fastapi_options)
+    app = FastAPI(lifespan=lifespan, redirect_slashes=False, **fastapi_options)
     app.state.settings = settings
     errors.install(app)
+    app.add_middleware(BodyLimit, json_limit=settings.json_max_bytes,
+                       upload_limit=settings.upload_max_bytes + FORM_OVERHEAD)
 
     async def check() -> dict[str, bool]:
         broker_ok = True

@@ -46,6 +46,14 @@ class _ProcessName(logging.Filter):
         return True
 
 
+class _AlreadyLogged(logging.Filter):
+    """uvicorn logs an unhandled error again after our handler logged it with its fields."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "uvicorn.error"
+                    and record.getMessage() == "Exception in ASGI application")
+
+
 def _fields(record: logging.LogRecord) -> dict[str, object]:
     extra = {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
     return {**(_context.get() or {}), **extra}
@@ -81,9 +89,10 @@ def configure(process: str, level: str = "INFO", fmt: str = "text") -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_ProcessName(process))
+    handler.addFilter(_AlreadyLogged())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     for noisy in ("aiormq", "aio_pika", "httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    logging.getLogger(__name__).debug("logging configured", extra={"process": process})
+    logging.getLogger(__name__).debug("logging configured", extra={"process_name": process})

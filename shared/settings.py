@@ -52,6 +52,7 @@ class Settings(BaseSettings):
 
     sandbox_root: Path = PROJECT_ROOT / "var" / "sandbox"
     upload_max_bytes: int = 50 * 1024 * 1024
+    json_max_bytes: int = 64 * 1024
 
     log_format: Literal["text", "json"] = "text"
     log_level: str = "INFO"

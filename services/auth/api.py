@@ -19,7 +19,9 @@ from shared.settings import Settings
 from shared.tokens import StaticKeys, Verifier
 
 PREFIX = "/api/v1/auth"
-EMAIL = re.compile(r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]+$")
+# No white space or control characters anywhere: PostgreSQL refuses NUL in text, and nobody's
+# address holds a tab.
+EMAIL = re.compile(r"^[^@\s\x00-\x1f\x7f]{1,64}@[^@\s\x00-\x1f\x7f]+\.[^@\s\x00-\x1f\x7f]+$")
 
 
 class Strict(BaseModel):
@@ -34,7 +36,7 @@ class Credentials(Strict):
     @field_validator("email")
     @classmethod
     def _looks_like_email(cls, value: str) -> str:
-        if not EMAIL.match(value.strip()):
+        if not EMAIL.fullmatch(value.strip()):
             raise ValueError("not an email address")
         return value.strip()
 

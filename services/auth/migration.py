@@ -85,36 +85,40 @@ async def claim(session: AsyncSession, guest_id: uuid.UUID, user_id: uuid.UUID) 
         SOURCE,
     )
     log.info("migration started",
-             extra={"migration_id": migration_id, "user_id": user_id, "guest_id": guest_id})
+             extra={"migration_id": migration_id, "correlation_id": migration_id,
+                    "user_id": user_id, "guest_id": guest_id})
     return Claim(migration_id, "pending", created=True)
 
 
 async def status(session: AsyncSession, migration_id: uuid.UUID, user_id: uuid.UUID) -> dict | None:
-    """The migration as its user sees it; None for someone else's, as for a missing one."""
+    """The migration as its user sees it; None for someone else's, as for a missing one.
+
+    One statement reads the migration and its steps, so a poll never sees every step done
+    while the migration still reads pending.
+    """
+    step = migration_steps
+    steps = (
+        select(func.json_object_agg(step.c.step, func.json_build_object(
+            "status", step.c.status, "counts", step.c.counts, "reason", step.c.reason)))
+        .where(step.c.migration_id == migrations.c.id)
+        .scalar_subquery()
+    )
     row = (
         await session.execute(
-            select(migrations).where(
+            select(migrations, steps.label("steps")).where(
                 migrations.c.id == migration_id, migrations.c.user_id == user_id
             )
         )
     ).first()
     if row is None:
         return None
-    steps = (
-        await session.execute(
-            select(migration_steps).where(migration_steps.c.migration_id == migration_id)
-        )
-    ).all()
     answer = {
         "migration_id": row.id,
         "status": row.status,
         "guest_id": row.guest_id,
         "created_at": row.created_at,
         "completed_at": row.completed_at,
-        "steps": {
-            step.step: {"status": step.status, "counts": step.counts, "reason": step.reason}
-            for step in steps
-        },
+        "steps": row.steps or {},
         "summary": row.summary,
     }
     if row.status == "failed":

@@ -21,16 +21,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 from fastapi import APIRouter, FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.sandbox import fence, paths
 from services.sandbox.filesystem import Filesystem
 from services.sandbox.sandbox_move import UPLOAD_PREFIX
 from shared.api import DbSession, create_app, serve
-from shared.errors import ApiError, body, not_found
+from shared.errors import ApiError, not_found
 from shared.identity import CurrentCaller
 from shared.settings import Settings
 from shared.tokens import Caller, JwksKeys, KeySource, Verifier
@@ -40,7 +39,6 @@ log = logging.getLogger(__name__)
 PREFIX = "/api/v1/sandbox"
 CHUNK = 1024 * 1024
 # Room for the multipart framing and the form's small fields around the file itself.
-FORM_OVERHEAD = 64 * 1024
 
 
 class Stored(BaseModel):
@@ -279,24 +277,6 @@ def _unlink_quietly(path: Path) -> None:
         pass
 
 
-class UploadLimit:
-    """Refuse an upload whose declared size is over the limit before its body is read."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            declared = dict(scope["headers"]).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > self.limit:
-                message = f"files may be at most {self.limit - FORM_OVERHEAD} bytes"
-                response = JSONResponse(body("too_large", message), 413)
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 def build(settings: Settings, keys: KeySource | None = None) -> FastAPI:
     def prepare(app: FastAPI) -> None:
         app.state.verifier = Verifier(keys or JwksKeys(settings.auth_url),
@@ -307,7 +287,6 @@ def build(settings: Settings, keys: KeySource | None = None) -> FastAPI:
                      openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs",
                      redoc_url=None)
     app.include_router(router)
-    app.add_middleware(UploadLimit, limit=settings.upload_max_bytes + FORM_OVERHEAD)
     return app
 
 

@@ -32,6 +32,63 @@ def test_a_bare_guest_id_is_refused_through_the_gateway(system):
         assert unknown.status_code == 404
 
 
+def test_the_gateway_passes_paths_on_exactly_as_the_client_encoded_them(system):
+    with httpx.Client(base_url=system.base_url, timeout=10) as client:
+        token = client.post("/api/v1/auth/guest").json()["guest_token"]
+        headers = {"Authorization": f"Bearer {token}"}
+        for name, content in (("100%.txt", b"PERCENT"), ("100%25.txt", b"PERCENT-25")):
+            stored = client.post("/api/v1/sandbox/uploads", headers=headers,
+                                 files={"file": (name, content)})
+            assert stored.status_code == 201, stored.text
+        fetched = client.get("/api/v1/sandbox/uploads/100%2525.txt", headers=headers)
+        assert fetched.content == b"PERCENT-25"
+        assert client.delete("/api/v1/sandbox/uploads/100%2525.txt",
+                             headers=headers).status_code == 204
+        names = [i["path"] for i in client.get("/api/v1/sandbox/uploads",
+                                               headers=headers).json()["items"]]
+        assert names == ["100%.txt"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/sessions/%00", "/api/v1/sandbox/uploads/%00",
+                                  "/api/v1/auth/migrations/%00", "/api/v1/sandbox/%00"])
+def test_control_characters_in_a_path_are_a_clear_4xx_through_the_gateway(system, path):
+    with httpx.Client(base_url=system.base_url, timeout=10) as client:
+        token = client.post("/api/v1/auth/guest").json()["guest_token"]
+        response = client.get(path, headers={"Authorization": f"Bearer {token}"})
+    assert 400 <= response.status_code < 500
+    assert "code" in response.json()["error"]
+
+
+def test_a_trailing_slash_never_redirects_the_browser_to_a_service_port(system):
+    with httpx.Client(base_url=system.base_url, timeout=10) as client:
+        response = client.get("/api/v1/sessions/")
+    assert response.status_code == 404
+    assert "location" not in response.headers
+
+
+def test_an_oversized_json_body_is_refused_before_it_is_parsed(system):
+    with httpx.Client(base_url=system.base_url, timeout=30) as client:
+        token = client.post("/api/v1/auth/guest").json()["guest_token"]
+        huge = b'{"title": "' + b"x" * 2_000_000 + b'"}'
+        declared = client.post("/api/v1/sessions", content=huge, headers={
+            "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+
+        def chunks():
+            yield huge
+
+        streamed = client.post("/api/v1/auth/login", content=chunks(),
+                               headers={"Content-Type": "application/json"})
+    assert declared.status_code == 413 and declared.json()["error"]["code"] == "too_large"
+    assert streamed.status_code == 413 and streamed.json()["error"]["code"] == "too_large"
+
+
+def test_the_gateway_is_ready_when_every_service_is(system):
+    with httpx.Client(base_url=system.base_url, timeout=10) as client:
+        answer = client.get("/ready")
+    assert answer.status_code == 200
+    assert answer.json()["checks"] == {"auth": True, "sessions": True, "sandbox": True}
+
+
 STOPPED = {"api": "Application shutdown complete", "gateway": "Application shutdown complete",
            "worker": "worker stopped", "listener": "worker stopped", "relay": "relay stopped"}
 

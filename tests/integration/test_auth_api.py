@@ -88,6 +88,10 @@ async def test_a_guest_claimed_by_another_user_is_refused(auth):
 @pytest.mark.parametrize("body, code", [
     ({"email": "nobody@example.test", "password": "whatever1"}, "invalid_credentials"),
     ({"email": "not-an-email", "password": "whatever1"}, "invalid_request"),
+    ({"email": "a\u0000b@example.test", "password": "whatever1"}, "invalid_request"),
+    ({"email": "a@exa\u0000mple.test", "password": "whatever1"}, "invalid_request"),
+    ({"email": "a\tb@example.test", "password": "whatever1"}, "invalid_request"),
+    ({"email": "a@exam\nple.test", "password": "whatever1"}, "invalid_request"),
     ({"email": "a@example.test"}, "invalid_request"),
     ({"email": "a@example.test", "password": "x" * 129}, "invalid_request"),
     ({"email": "a@example.test", "password": "whatever1", "extra": 1}, "invalid_request"),

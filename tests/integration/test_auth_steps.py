@@ -109,3 +109,32 @@ async def test_a_step_for_an_unknown_migration_is_refused_for_good(sessions):
     envelope = sessions_done(uuid.uuid4(), uuid.uuid4(), uuid.uuid4())
     with pytest.raises(Permanent):
         await make_handler(sessions)(envelope, envelope.payload())
+
+
+async def test_a_poll_never_sees_every_step_done_while_the_migration_is_pending(sessions):
+    handle = make_handler(sessions)
+    contradictions = []
+
+    async def poll(migration_id, user_id, done: asyncio.Event):
+        while not done.is_set():
+            async with sessions() as session, session.begin():
+                answer = await migration.status(session, migration_id, user_id)
+            all_done = all(s["status"] == "done" for s in answer["steps"].values())
+            if all_done and answer["status"] == "pending":
+                contradictions.append(answer)
+            await asyncio.sleep(0)
+
+    for _ in range(15):
+        ids = await started(sessions)
+        done = asyncio.Event()
+        poller = asyncio.create_task(poll(ids[0], ids[1], done))
+        for envelope in (sessions_done(*ids), sandbox_done(*ids)):
+            await handle(envelope, envelope.payload())
+        await asyncio.sleep(0.01)
+        done.set()
+        await poller
+        async with sessions() as session, session.begin():
+            final = await migration.status(session, ids[0], ids[1])
+        assert final["status"] == "completed"
+        assert set(final["steps"]) == {"sessions", "sandbox"}
+    assert contradictions == []
