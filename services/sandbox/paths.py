@@ -88,6 +88,10 @@ def name(value: str | None) -> str:
         raise BadPath("a name may not contain '/' or '\\'")
     if any(unicodedata.category(char) in ("Cc", "Cs") for char in value):
         raise BadPath("a name may not contain control characters")
+    if any(unicodedata.category(char) == "Cf" for char in value):
+        # Right-to-left overrides and zero-width characters make "rtl\u202etxt.exe" read as
+        # another name than the one stored.
+        raise BadPath("a name may not contain invisible formatting characters")
     if value != value.strip():
         raise BadPath("a name may not start or end with white space")
     if value.startswith(RESERVED_PREFIX):

@@ -81,3 +81,10 @@ def test_the_file_walk_leaves_out_links_and_service_temporaries(tmp_path):
     (tmp_path / ".gm-upload-1").write_text("partial")
     os.symlink("/etc/passwd", tmp_path / "passwd")
     assert sorted(rel for rel, _info in paths.walk_files(tmp_path)) == ["b.txt", "docs/a.md"]
+
+
+@pytest.mark.parametrize("bad", ["rtl\u202etxt.exe", "zero\u200bwidth.txt", "bom\ufeff.txt",
+                                 "iso\u2066late.txt"])
+def test_a_name_with_invisible_formatting_characters_is_refused(bad):
+    with pytest.raises(paths.BadPath, match="invisible"):
+        paths.name(bad)
