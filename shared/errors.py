@@ -8,9 +8,42 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger(__name__)
+
+
+class FieldProblem(BaseModel):
+    field: str
+    problem: str
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    fields: list[FieldProblem] | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a stable ``code`` for programs and a ``message`` for people."""
+
+    error: ErrorDetail
+
+
+# Documented on every route, so the OpenAPI documents show the error shape clients get.
+RESPONSES = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "bad input (a path, a cursor, a name)",
+        401: "no token, or one that does not verify",
+        403: "the guest was migrated: its token no longer reads or writes",
+        404: "no such thing, or not the caller's",
+        409: "conflicts with what exists",
+        413: "the body is too large",
+        422: "the body or a parameter is invalid; fields names which",
+    }.items()
+}
 
 
 class ApiError(Exception):

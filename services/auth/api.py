@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.auth import accounts, keys, migration
+from shared import errors
 from shared.api import DbSession, create_app, serve
 from shared.asyncapi import document as asyncapi_document
 from shared.errors import ApiError, not_found
@@ -207,7 +208,7 @@ def build(settings: Settings) -> FastAPI:
     app = create_app("auth", settings, prepare, title="guest migration: auth",
                      openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs",
                      redoc_url=None)
-    app.include_router(router)
+    app.include_router(router, responses=errors.RESPONSES)
     return app
 
 

@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from services.sandbox import fence, paths
 from services.sandbox.filesystem import Filesystem
 from services.sandbox.sandbox_move import UPLOAD_PREFIX
+from shared import errors
 from shared.api import DbSession, create_app, serve
 from shared.errors import ApiError, not_found
 from shared.identity import CurrentCaller
@@ -286,7 +287,7 @@ def build(settings: Settings, keys: KeySource | None = None) -> FastAPI:
     app = create_app("sandbox", settings, prepare, title="guest migration: sandbox",
                      openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs",
                      redoc_url=None)
-    app.include_router(router)
+    app.include_router(router, responses=errors.RESPONSES)
     return app
 
 

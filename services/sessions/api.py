@@ -194,7 +194,7 @@ def build(settings: Settings, keys: KeySource | None = None) -> FastAPI:
                      openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs",
                      redoc_url=None)
     app.add_exception_handler(fencing.GuestMigrated, _guest_migrated)
-    app.include_router(router)
+    app.include_router(router, responses=errors.RESPONSES)
     return app
 
 
