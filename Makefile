@@ -38,6 +38,10 @@ integration: $(STAMP)
 e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e
 
+faults: $(STAMP)
+	$(PY) -m tools.services_up
+	$(PY) -m pytest tests/e2e/test_faults.py tests/e2e/test_broker_restart.py
+
 bench: $(STAMP)
 	$(PY) -m tools.services_up
 	$(PY) -m tools.bench

@@ -95,4 +95,6 @@ def configure(process: str, level: str = "INFO", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     for noisy in ("aiormq", "aio_pika", "httpx", "httpcore", "uvicorn.access"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Every failed connection attempt is also an aiormq error line; our own warning says it once.
+    logging.getLogger("aiormq.connection").setLevel(logging.CRITICAL)
     logging.getLogger(__name__).debug("logging configured", extra={"process_name": process})
