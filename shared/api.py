@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 import uvicorn
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -87,10 +87,14 @@ class BodyLimit:
 def create_app(
     service: str,
     settings: Settings,
+    router: APIRouter,
     prepare: Callable[[FastAPI], None] | None = None,
-    **fastapi_options,
 ) -> FastAPI:
-    """An app with its database engine, broker probe, errors and health routes wired."""
+    """An app with its routes, database engine, broker probe, errors and health routes wired.
+
+    The API documents live under the router's prefix, like every route of the service, so
+    they are reachable through the gateway too.
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -110,7 +114,10 @@ def create_app(
             await engine.dispose()
             log.info("api stopped", extra={"service": service})
 
-    app = FastAPI(lifespan=lifespan, redirect_slashes=False, **fastapi_options)
+    app = FastAPI(lifespan=lifespan, redirect_slashes=False,
+                  title=f"guest migration: {service}",
+                  openapi_url=f"{router.prefix}/openapi.json", docs_url=f"{router.prefix}/docs",
+                  redoc_url=None)
     app.state.settings = settings
     errors.install(app)
     app.add_middleware(BodyLimit, json_limit=settings.json_max_bytes,
@@ -125,6 +132,7 @@ def create_app(
         return {"database": await database_answers(app.state.engine), "broker": broker_ok}
 
     app.include_router(health.router(check))
+    app.include_router(router, responses=errors.RESPONSES)
     return app
 
 

@@ -141,3 +141,9 @@ class Verifier:
         except (ValueError, TypeError) as exc:
             raise InvalidToken("malformed subject") from exc
         return Caller(kind=kind, id=subject, token_id=claims.get("jti"))
+
+
+def verifier_for(settings, keys: KeySource) -> Verifier:
+    """The verifier every service uses, with the issuer, audience and leeway of ``settings``."""
+    return Verifier(keys, settings.token_issuer, settings.token_audience,
+                    settings.token_leeway_seconds)

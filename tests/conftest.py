@@ -18,7 +18,7 @@ from services.auth import keys
 from shared import schema, topology
 from shared.db import make_engine, make_sessionmaker
 from shared.settings import Settings
-from shared.tokens import StaticKeys, Verifier
+from shared.tokens import StaticKeys, Verifier, verifier_for
 from tests import servers as test_servers
 
 SERVICES = ("auth", "sessions", "sandbox")
@@ -97,8 +97,7 @@ def signing_key(settings: Settings) -> keys.SigningKey:
 
 @pytest.fixture(scope="session")
 def verifier(settings: Settings, signing_key: keys.SigningKey) -> Verifier:
-    return Verifier(StaticKeys(signing_key.verification_keys()), settings.token_issuer,
-                    settings.token_audience, settings.token_leeway_seconds)
+    return verifier_for(settings, StaticKeys(signing_key.verification_keys()))
 
 
 @pytest.fixture(scope="session")

@@ -10,14 +10,13 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.auth import accounts, keys, migration
-from shared import errors
 from shared.api import DbSession, create_app, serve
 from shared.asyncapi import document as asyncapi_document
 from shared.errors import ApiError, not_found
 from shared.events import ALL_EVENTS
 from shared.identity import CurrentUser, verify
 from shared.settings import Settings
-from shared.tokens import StaticKeys, Verifier
+from shared.tokens import StaticKeys, verifier_for
 
 PREFIX = "/api/v1/auth"
 # No white space or control characters anywhere: PostgreSQL refuses NUL in text, and nobody's
@@ -201,15 +200,9 @@ def build(settings: Settings) -> FastAPI:
     def prepare(app: FastAPI) -> None:
         key = keys.load_or_create(settings.key_dir)
         app.state.signing_key = key
-        app.state.verifier = Verifier(StaticKeys(key.verification_keys()),
-                                      settings.token_issuer, settings.token_audience,
-                                      settings.token_leeway_seconds)
+        app.state.verifier = verifier_for(settings, StaticKeys(key.verification_keys()))
 
-    app = create_app("auth", settings, prepare, title="guest migration: auth",
-                     openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs",
-                     redoc_url=None)
-    app.include_router(router, responses=errors.RESPONSES)
-    return app
+    return create_app("auth", settings, router, prepare)
 
 
 if __name__ == "__main__":

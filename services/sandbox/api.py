@@ -28,12 +28,11 @@ from starlette.concurrency import run_in_threadpool
 from services.sandbox import fence, paths
 from services.sandbox.filesystem import Filesystem
 from services.sandbox.sandbox_move import UPLOAD_PREFIX
-from shared import errors
 from shared.api import DbSession, create_app, serve
 from shared.errors import ApiError, not_found
 from shared.identity import CurrentCaller
 from shared.settings import Settings
-from shared.tokens import Caller, JwksKeys, KeySource, Verifier
+from shared.tokens import Caller, JwksKeys, KeySource, verifier_for
 
 log = logging.getLogger(__name__)
 
@@ -280,15 +279,9 @@ def _unlink_quietly(path: Path) -> None:
 
 def build(settings: Settings, keys: KeySource | None = None) -> FastAPI:
     def prepare(app: FastAPI) -> None:
-        app.state.verifier = Verifier(keys or JwksKeys(settings.auth_url),
-                                      settings.token_issuer, settings.token_audience,
-                                      settings.token_leeway_seconds)
+        app.state.verifier = verifier_for(settings, keys or JwksKeys(settings.auth_url))
 
-    app = create_app("sandbox", settings, prepare, title="guest migration: sandbox",
-                     openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs",
-                     redoc_url=None)
-    app.include_router(router, responses=errors.RESPONSES)
-    return app
+    return create_app("sandbox", settings, router, prepare)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from shared.api import DbSession, create_app, serve
 from shared.errors import ApiError, not_found
 from shared.identity import CurrentCaller
 from shared.settings import Settings
-from shared.tokens import Caller, JwksKeys, KeySource, Verifier
+from shared.tokens import Caller, JwksKeys, KeySource, verifier_for
 
 PREFIX = "/api/v1/sessions"
 PAGE_DEFAULT = 20
@@ -187,14 +187,10 @@ async def _guest_migrated(_request: Request, _exc: Exception) -> JSONResponse:
 
 def build(settings: Settings, keys: KeySource | None = None) -> FastAPI:
     def prepare(app: FastAPI) -> None:
-        app.state.verifier = Verifier(keys or JwksKeys(settings.auth_url), settings.token_issuer,
-                                      settings.token_audience, settings.token_leeway_seconds)
+        app.state.verifier = verifier_for(settings, keys or JwksKeys(settings.auth_url))
 
-    app = create_app("sessions", settings, prepare, title="guest migration: sessions",
-                     openapi_url=f"{PREFIX}/openapi.json", docs_url=f"{PREFIX}/docs",
-                     redoc_url=None)
+    app = create_app("sessions", settings, router, prepare)
     app.add_exception_handler(fencing.GuestMigrated, _guest_migrated)
-    app.include_router(router, responses=errors.RESPONSES)
     return app
 
 
