@@ -9,6 +9,7 @@ The 1 GB trees use sparse files (``truncate``), which a rename treats exactly li
 """
 
 import shutil
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -18,6 +19,7 @@ from pathlib import Path
 from services.sandbox.sandbox_move import Move
 from shared.settings import PROJECT_ROOT
 
+MEMORY_SIZES = (1_000, 10_000, 50_000)
 GIB = 1024**3
 
 
@@ -92,14 +94,29 @@ def main() -> None:
     worst = max(row[4] for row in rows if row[2] == 10_000)
     out(f"10k files under 1 s in every shape: {'yes' if worst < 1.0 else 'no'} "
         f"(slowest {worst:.3f} s)")
-    small = max(row[5] for row in rows if row[2] == 1_000)
-    large = max(row[5] for row in rows if row[2] == 10_000)
-    out(f"peak Python memory during a move (tracemalloc): 1k files {small / 1024:.1f} KiB, "
-        f"10k files {large / 1024:.1f} KiB")
+    out("peak Python memory of a move, each size in a fresh process (tracemalloc, merge):")
+    for files in MEMORY_SIZES:
+        peak = int(subprocess.run(
+            [sys.executable, "-m", "tools.bench_sandbox", "--memory", str(files)],
+            cwd=PROJECT_ROOT, capture_output=True, text=True, check=True).stdout)
+        out(f"  {files:>6} files: {peak / 1024:>8.1f} KiB")
+
+
+def memory_of_one_move(files: int) -> int:
+    """Peak bytes traced while moving ``files`` small files into existing folders."""
+    root = PROJECT_ROOT / "var" / f"bench-sandbox-{uuid.uuid4().hex[:8]}"
+    root.mkdir(parents=True)
+    try:
+        return move_once(root, files, files * 64, True, True, trace=True)[1]
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def out(line: str) -> None:
     sys.stdout.write(line + "\n")
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--memory"]:
+        out(str(memory_of_one_move(int(sys.argv[2]))))
+    else:
+        main()

@@ -56,8 +56,8 @@ class CopyMismatch(OSError):
 
 @dataclass
 class _Frame:
-    source: Path
-    target: Path
+    source: str | Path
+    target: str | Path
     rel: str
     entries: object
     attempts: int = 1
@@ -186,7 +186,9 @@ class Move:
                     frames.pop()
                     self._finish_dir(frame, frames)
                     continue
-                child, child_target = Path(entry.path), frame.target / entry.name
+                # Plain strings, not Path objects: pathlib interns every name it parses, and
+                # CPython's table of interned strings would grow with the size of the tree.
+                child, child_target = entry.path, os.path.join(frame.target, entry.name)
                 child_rel = f"{frame.rel}/{entry.name}"
                 if entry.is_dir(follow_symlinks=False):
                     into = self._place_dir(child, child_target, child_rel)
@@ -233,7 +235,8 @@ class Move:
             if stat.S_ISDIR(info.st_mode):
                 return candidate
             self._note(RENAMED, rel)
-            candidate = target.with_name(guest_name(target.name, self.tag, n, keep_suffix=False))
+            candidate = _beside(target, guest_name(os.path.basename(target), self.tag, n,
+                                                   keep_suffix=False))
         raise RuntimeError(f"no free name for {rel}")
 
     def _place_file(self, source: Path, target: Path, rel: str) -> None:
@@ -262,7 +265,7 @@ class Move:
             if n >= MAX_CANDIDATES:
                 raise RuntimeError(f"no free name for {rel}")
             self._note(RENAMED, rel)
-            candidate = target.with_name(guest_name(target.name, self.tag, n))
+            candidate = _beside(target, guest_name(os.path.basename(target), self.tag, n))
         if n == 0 and self._resumed:
             self._forget(RENAMED, rel)
         if temp is not None:
@@ -272,7 +275,7 @@ class Move:
 
     def _copy_beside(self, source: Path, candidate: Path, rel: str) -> Path:
         """Copy across filesystems to a temporary name beside the target, then check it."""
-        temp = candidate.parent / f"{paths.RESERVED_PREFIX}partial-{self.tag}-{_key(rel)[:16]}"
+        temp = _beside(candidate, f"{paths.RESERVED_PREFIX}partial-{self.tag}-{_key(rel)[:16]}")
         self._note(PARTIAL, rel, self._relative(temp))
         digest = self.fs.copy(source, temp)
         source_info = os.lstat(source)
@@ -337,8 +340,8 @@ class Move:
         except FileNotFoundError:
             pass
 
-    def _relative(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+    def _relative(self, path: str | Path) -> str:
+        return os.path.relpath(path, self.root)
 
     # 3. clean
 
@@ -414,7 +417,12 @@ def _scandir_or_empty(path: Path):
         return
 
 
-def _lstat(path: Path) -> os.stat_result | None:
+def _beside(path: str | Path, name: str) -> str:
+    """The path of ``name`` in the same folder as ``path``."""
+    return os.path.join(os.path.dirname(path), name)
+
+
+def _lstat(path: str | Path) -> os.stat_result | None:
     try:
         return os.lstat(path)
     except FileNotFoundError:

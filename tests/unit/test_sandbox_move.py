@@ -37,7 +37,8 @@ class FailingFilesystem(Filesystem):
             raise Crash(f"{operation} #{self.calls[operation]}")
 
     def _device(self, path: Path) -> int:
-        return next((i for i, top in enumerate(self.devices) if path.is_relative_to(top)), -1)
+        return next((i for i, top in enumerate(self.devices)
+                     if Path(path).is_relative_to(top)), -1)
 
     def _across(self, source: Path, target: Path) -> None:
         if self._device(source) != self._device(target):
@@ -68,8 +69,8 @@ class FailingFilesystem(Filesystem):
     def copy(self, source: Path, target: Path) -> str:
         self.calls["copy"] += 1
         if self.fail.get("copy") == self.calls["copy"]:
-            data = source.read_bytes()
-            target.write_bytes(data[: len(data) // 2])
+            data = Path(source).read_bytes()
+            Path(target).write_bytes(data[: len(data) // 2])
             raise Crash(f"copy #{self.calls['copy']} cut off half way")
         return super().copy(source, target)
 
