@@ -83,6 +83,8 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        if any(error["type"] == "json_invalid" for error in exc.errors()):
+            return JSONResponse(body("invalid_json", "the body is not valid JSON"), 422)
         fields = [
             {
                 "field": ".".join(str(part) for part in error["loc"]),

@@ -33,7 +33,7 @@ async def verify(request: Request, token: str, expect: Kind | None = None) -> Ca
     try:
         return await verifier.verify(token, expect)
     except InvalidToken as exc:
-        raise ApiError(401, "invalid_token", f"token {exc}", CHALLENGE) from None
+        raise ApiError(401, "invalid_token", f"invalid token: {exc}", CHALLENGE) from None
     except KeysUnavailable:
         raise ApiError(503, "keys_unavailable",
                        "cannot check tokens right now; try again") from None

@@ -138,8 +138,11 @@ class Verifier:
             raise InvalidToken(f"a {kind} token where a {expect} token is required")
         try:
             subject = uuid.UUID(claims["sub"])
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise InvalidToken("malformed subject") from exc
+        if claims["sub"] != str(subject):
+            # One id, one spelling: it names folders and rows, so no second form is accepted.
+            raise InvalidToken("subject is not a canonical id")
         return Caller(kind=kind, id=subject, token_id=claims.get("jti"))
 
 

@@ -95,7 +95,8 @@ async def _guest_of(request: Request, token: str) -> uuid.UUID:
     try:
         return (await verify(request, token, "guest")).id
     except ApiError as exc:
-        raise ApiError(401, "invalid_guest_token", f"guest {exc.message}") from None
+        raise ApiError(401, "invalid_guest_token",
+                       exc.message.replace("invalid token", "invalid guest token")) from None
 
 
 async def _claim_within(session, guest_id: uuid.UUID | None, user_id: uuid.UUID,

@@ -158,3 +158,11 @@ async def test_concurrent_polls_and_claims_share_a_small_pool_without_deadlock(s
         assert [r.status_code for r in answers[:20]] == [202] * 20
         assert [r.status_code for r in answers[20:]] == [200] * 50
         assert app.state.engine.pool.checkedout() == 0
+
+
+async def test_a_body_that_is_not_json_is_a_clear_error(auth):
+    response = await auth.post("/api/v1/auth/login", content=b'{"email": ',
+                               headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+    assert response.json()["error"] == {"code": "invalid_json",
+                                         "message": "the body is not valid JSON"}

@@ -79,7 +79,8 @@ async def test_hs256_keyed_with_the_public_key_is_refused(key, verifier):
 
 @pytest.mark.parametrize("overrides", [
     {"exp": None}, {"aud": "someone-else"}, {"iss": "someone-else"}, {"kind": "admin"},
-    {"sub": "not-a-uuid"}, {"iat": None},
+    {"sub": "not-a-uuid"}, {"iat": None}, {"sub": str(uuid.uuid4()).upper()},
+    {"sub": "{" + str(uuid.uuid4()) + "}"}, {"sub": 12},
 ])
 async def test_tokens_missing_or_misnaming_a_claim_are_refused(key, verifier, overrides):
     with pytest.raises(InvalidToken):
