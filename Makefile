@@ -9,7 +9,6 @@ N ?= 1000
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $(STAMP)
 
@@ -28,6 +27,9 @@ test: $(STAMP)
 	$(PY) -m tools.services_up
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 unit: $(STAMP)
 	$(PY) -m pytest tests/unit
