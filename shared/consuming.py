@@ -94,7 +94,8 @@ def decide(exc: BaseException | None, retries: int, delivery_count: int) -> Outc
     if exc is None:
         return Outcome("ack")
     if isinstance(exc, (Permanent, ValidationError, UnknownEvent)):
-        return Outcome("dead", f"rejected: {exc}")
+        # One line: pydantic's reasons span several, and a reason travels in headers and logs.
+        return Outcome("dead", "rejected: " + " ".join(str(exc).split()))
     if delivery_count >= DELIVERY_LIMIT - 1:
         return Outcome("dead", f"delivered {delivery_count} times without being acknowledged")
     if is_outage(exc):

@@ -65,3 +65,13 @@ def test_a_disk_error_spends_the_retry_budget_and_is_dead_lettered_in_the_end():
     assert decide(full, 0, 0).counts
     assert decide(full, len(RETRY_DELAYS_MS), 0).action == "dead"
     assert not decide(ConnectionRefusedError(), 0, 0).counts
+
+
+def test_the_reason_for_an_invalid_event_fits_on_one_line():
+    envelope = Envelope(source="/x", type=UserLoggedIn.event_type(), subject="s",
+                        correlationid="c", data={"migration_id": "../../etc"})
+    with pytest.raises(Exception) as caught:
+        envelope.payload()
+    outcome = decide(caught.value, 0, 0)
+    assert outcome.action == "dead" and "\n" not in outcome.reason
+    assert "migration_id" in outcome.reason
