@@ -1,4 +1,4 @@
-"""The migration events as an AsyncAPI 2.6 document, built from the pydantic schemas.
+"""The events as an AsyncAPI 2.6 document, built from the pydantic schemas.
 
 auth serves it at ``/api/v1/auth/asyncapi.json`` so observers can read every event's shape and
 routing key without reading code.
@@ -49,7 +49,8 @@ def document(namespace: str, events: tuple[type[EventData], ...]) -> dict:
             "title": "Guest migration events",
             "version": "1",
             "description": "Every event is a CloudEvents 1.0 envelope whose subject is the "
-            f"migration id. Observers read them all from the stream {names.observers!r}, "
+            "migration id (the guest id for GuestExpired, which concerns no migration). "
+            f"Observers read them all from the stream {names.observers!r}, "
             "which can be replayed from its first offset.",
         },
         "defaultContentType": "application/cloudevents+json",

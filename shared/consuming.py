@@ -237,7 +237,7 @@ class Consumer:
         error: BaseException | None = None
         try:
             envelope = parse(message.body)
-            with logs.bind(migration_id=envelope.subject, correlation_id=envelope.correlationid,
+            with logs.bind(**envelope.subject_fields(), correlation_id=envelope.correlationid,
                            event_id=envelope.id, queue=self._queue):
                 await self._handler(envelope, envelope.payload())
         except asyncio.CancelledError:
@@ -246,7 +246,7 @@ class Consumer:
             error = exc
 
         outcome = decide(error, retries, delivery_count)
-        with logs.bind(migration_id=envelope.subject if envelope else None,
+        with logs.bind(**(envelope.subject_fields() if envelope else {}),
                        correlation_id=envelope.correlationid if envelope else None,
                        event_id=envelope.id if envelope else message.message_id,
                        queue=self._queue):

@@ -1,8 +1,12 @@
-"""The migration events: a CloudEvents 1.0 envelope around versioned pydantic schemas.
+"""The product's events: a CloudEvents 1.0 envelope around versioned pydantic schemas.
 
 The routing key of an event is its name and version (``UserLoggedIn.v1``), so a consumer
 binds to exactly the versions it understands. ``correlationid`` is a CloudEvents extension
 attribute that follows one migration through every hop.
+
+Most events are about one migration and their ``subject`` is its id (``MigrationEvent``).
+``GuestExpired`` is about a guest nobody claimed, with no migration at all: its subject is
+the guest id, and ``Envelope.subject_fields`` names the subject for log lines accordingly.
 """
 
 import uuid
@@ -19,8 +23,11 @@ class EventData(BaseModel):
 
     name: ClassVar[str]
     version: ClassVar[int] = 1
+    # The field whose value is the envelope's ``subject`` (and the log field it binds).
+    subject_field: ClassVar[str]
 
-    migration_id: uuid.UUID
+    def subject(self) -> str:
+        return str(getattr(self, self.subject_field))
 
     @classmethod
     def routing_key(cls) -> str:
@@ -31,7 +38,15 @@ class EventData(BaseModel):
         return f"{TYPE_PREFIX}{cls.routing_key()}"
 
 
-class UserLoggedIn(EventData):
+class MigrationEvent(EventData):
+    """An event about one migration; its id is the subject and the default correlation id."""
+
+    subject_field: ClassVar[str] = "migration_id"
+
+    migration_id: uuid.UUID
+
+
+class UserLoggedIn(MigrationEvent):
     """A user signed up or logged in carrying a guest token: the guest's work is theirs now."""
 
     name: ClassVar[str] = "UserLoggedIn"
@@ -39,7 +54,7 @@ class UserLoggedIn(EventData):
     guest_id: uuid.UUID
 
 
-class SessionsMigrated(EventData):
+class SessionsMigrated(MigrationEvent):
     """The sessions worker re-owned the guest's sessions and threads."""
 
     name: ClassVar[str] = "SessionsMigrated"
@@ -49,7 +64,7 @@ class SessionsMigrated(EventData):
     threads: int = Field(ge=0)
 
 
-class SandboxMigrated(EventData):
+class SandboxMigrated(MigrationEvent):
     """The sandbox worker moved the guest's folders into the user's."""
 
     name: ClassVar[str] = "SandboxMigrated"
@@ -66,7 +81,7 @@ class SandboxMigrated(EventData):
 Step = Literal["sessions", "sandbox"]
 
 
-class MigrationStepFailed(EventData):
+class MigrationStepFailed(MigrationEvent):
     """A worker gave up on its step; the message is in its dead-letter queue."""
 
     name: ClassVar[str] = "MigrationStepFailed"
@@ -74,7 +89,7 @@ class MigrationStepFailed(EventData):
     reason: str
 
 
-class MigrationCompleted(EventData):
+class MigrationCompleted(MigrationEvent):
     """Every step is done; published once per migration."""
 
     name: ClassVar[str] = "MigrationCompleted"
@@ -83,7 +98,7 @@ class MigrationCompleted(EventData):
     summary: dict[str, Any]
 
 
-class MigrationFailed(EventData):
+class MigrationFailed(MigrationEvent):
     """A step failed for good; the reason says which and why."""
 
     name: ClassVar[str] = "MigrationFailed"
@@ -93,6 +108,16 @@ class MigrationFailed(EventData):
     reason: str
 
 
+class GuestExpired(EventData):
+    """auth removed a guest nobody claimed, past its expiry and the grace period: the guest's
+    sessions and files go too. Never sent for a claimed guest, whose work is a user's."""
+
+    name: ClassVar[str] = "GuestExpired"
+    subject_field: ClassVar[str] = "guest_id"
+    guest_id: uuid.UUID
+    expired_at: datetime
+
+
 ALL_EVENTS: tuple[type[EventData], ...] = (
     UserLoggedIn,
     SessionsMigrated,
@@ -100,6 +125,7 @@ ALL_EVENTS: tuple[type[EventData], ...] = (
     MigrationStepFailed,
     MigrationCompleted,
     MigrationFailed,
+    GuestExpired,
 )
 _BY_TYPE = {event.event_type(): event for event in ALL_EVENTS}
 
@@ -121,18 +147,24 @@ class Envelope(BaseModel):
 
     @classmethod
     def wrap(cls, data: EventData, source: str, correlation_id: str | None = None) -> "Envelope":
-        migration_id = str(data.migration_id)
+        subject = data.subject()
         return cls(
             source=source,
             type=data.event_type(),
-            subject=migration_id,
-            correlationid=correlation_id or migration_id,
+            subject=subject,
+            correlationid=correlation_id or subject,
             data=data.model_dump(mode="json"),
         )
 
     @property
     def routing_key(self) -> str:
         return self.type.removeprefix(TYPE_PREFIX)
+
+    def subject_fields(self) -> dict[str, str]:
+        """The subject as a log field: ``migration_id``, ``guest_id``, or ``subject`` when the
+        type is unknown (a message we cannot read must not claim to name a migration)."""
+        schema = _BY_TYPE.get(self.type)
+        return {schema.subject_field if schema else "subject": self.subject}
 
     def payload(self) -> EventData:
         """The typed data; raises ``UnknownEvent`` or pydantic's ValidationError if malformed."""

@@ -90,7 +90,7 @@ class Relay:
                     )
                     log.warning(
                         "publish failed, will retry",
-                        extra={"event_id": row.id, "migration_id": envelope.subject,
+                        extra={"event_id": row.id, **envelope.subject_fields(),
                                "error": repr(exc), "attempts": row.attempts + 1},
                     )
                     await self._publisher.close()
@@ -101,7 +101,7 @@ class Relay:
                 sent += 1
                 log.info(
                     "event published",
-                    extra={"event_id": row.id, "migration_id": envelope.subject,
+                    extra={"event_id": row.id, **envelope.subject_fields(),
                            "correlation_id": envelope.correlationid,
                            "routing_key": envelope.routing_key},
                 )

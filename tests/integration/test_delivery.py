@@ -2,6 +2,7 @@
 
 import asyncio
 import uuid
+from datetime import UTC, datetime
 
 import aio_pika
 import pytest
@@ -10,7 +11,7 @@ from sqlalchemy import select
 from services.auth.models import outbox
 from shared import outbox as events_out
 from shared.consuming import Consumer, Permanent
-from shared.events import Envelope, SessionsMigrated, UserLoggedIn
+from shared.events import Envelope, GuestExpired, SessionsMigrated, UserLoggedIn
 from shared.publishing import Publisher, Unroutable
 from shared.relay import Relay
 from shared.topology import Names
@@ -202,6 +203,8 @@ async def test_a_dead_step_message_reports_its_migration_failed_and_a_stray_one_
                              guest_id=uuid.uuid4(), sessions=0, threads=0)
     try:
         await on_dead(Envelope.wrap(stray, "/test"), "not mine")
+        expired = GuestExpired(guest_id=uuid.uuid4(), expired_at=datetime.now(UTC))
+        await on_dead(Envelope.wrap(expired, "/test"), "a guest's expiry fails no migration")
         await on_dead(Envelope.wrap(claim, "/test"), "disk on fire")
     finally:
         await publisher.close()

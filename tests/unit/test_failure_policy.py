@@ -1,12 +1,13 @@
 """The one failure policy: what happens to a message after its handler ran."""
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy.exc import OperationalError
 
 from shared.consuming import Permanent, decide, parse
-from shared.events import Envelope, UserLoggedIn
+from shared.events import Envelope, GuestExpired, UserLoggedIn
 from shared.topology import DELIVERY_LIMIT, RETRY_DELAYS_MS
 
 
@@ -50,6 +51,17 @@ def test_an_envelope_round_trips_and_names_its_migration():
     assert again.subject == str(event.migration_id) == again.correlationid
     assert again.routing_key == "UserLoggedIn.v1"
     assert again.specversion == "1.0"
+
+
+def test_a_guest_expiry_names_its_guest_as_subject_in_envelope_and_log_fields():
+    event = GuestExpired(guest_id=uuid.uuid4(), expired_at=datetime.now(UTC))
+    again = parse(Envelope.wrap(event, "/test").model_dump_json().encode())
+    assert again.payload() == event
+    assert again.subject == str(event.guest_id) == again.correlationid
+    assert again.routing_key == "GuestExpired.v1"
+    assert again.subject_fields() == {"guest_id": str(event.guest_id)}
+    claim = UserLoggedIn(migration_id=uuid.uuid4(), user_id=uuid.uuid4(), guest_id=uuid.uuid4())
+    assert Envelope.wrap(claim, "/t").subject_fields() == {"migration_id": str(claim.migration_id)}
 
 
 def test_an_unknown_event_type_is_dead_lettered():
