@@ -7,7 +7,7 @@ loopback. Outside development the settings refuse the defaults that would be uns
 from pathlib import Path
 from typing import Literal
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -49,6 +49,11 @@ class Settings(BaseSettings):
     access_token_minutes: int = 60
     guest_token_days: int = 30
     token_leeway_seconds: int = 10
+
+    # auth's sweeper: how often it removes guests nobody claimed, and how long after a guest's
+    # expiry it waits first (a guest token lives as long as its guest, so none still works).
+    guest_sweep_seconds: float = Field(3600.0, gt=0)
+    guest_grace_hours: float = Field(24.0, ge=0)
 
     sandbox_root: Path = PROJECT_ROOT / "var" / "sandbox"
     upload_max_bytes: int = 50 * 1024 * 1024

@@ -90,7 +90,8 @@ def test_the_gateway_is_ready_when_every_service_is(system):
 
 
 STOPPED = {"api": "Application shutdown complete", "gateway": "Application shutdown complete",
-           "worker": "worker stopped", "listener": "worker stopped", "relay": "relay stopped"}
+           "worker": "worker stopped", "listener": "worker stopped", "relay": "relay stopped",
+           "sweeper": "sweeper stopped"}
 
 
 def test_every_process_stops_cleanly_on_sigterm(system):
