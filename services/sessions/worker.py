@@ -4,6 +4,9 @@
 re-owns the rows and fences the guest (``ownership``), and stores ``SessionsMigrated`` in the
 outbox, all in one transaction: a crash anywhere leaves either nothing or everything done, and
 the relay publishes the event once the transaction commits.
+
+On ``GuestExpired`` (auth removed a guest nobody claimed) it deletes the rows the guest still
+owns (``expiry``), in one transaction with the inbox record.
 """
 
 import asyncio
@@ -11,13 +14,13 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.sessions import ownership
+from services.sessions import expiry, ownership
 from services.sessions.models import inbox, outbox
 from shared import logs, worker
 from shared import outbox as events_out
 from shared.consuming import Handler, Permanent
 from shared.db import make_engine, make_sessionmaker
-from shared.events import Envelope, EventData, SessionsMigrated, UserLoggedIn
+from shared.events import Envelope, EventData, GuestExpired, SessionsMigrated, UserLoggedIn
 from shared.inbox import first_delivery
 from shared.settings import Settings
 
@@ -29,6 +32,9 @@ SOURCE = "/services/sessions"
 
 def make_handler(sessions: async_sessionmaker[AsyncSession]) -> Handler:
     async def handle(envelope: Envelope, event: EventData) -> None:
+        if isinstance(event, GuestExpired):
+            await remove_expired(envelope, event)
+            return
         if not isinstance(event, UserLoggedIn):
             raise Permanent(f"the sessions worker does not handle {envelope.type}")
         fields = {"migration_id": str(event.migration_id), "guest_id": str(event.guest_id),
@@ -54,6 +60,20 @@ def make_handler(sessions: async_sessionmaker[AsyncSession]) -> Handler:
             log.info("guest handed over before; counts sent again", extra={**fields, **counts})
         else:
             log.info("guest's sessions handed to the user", extra={**fields, **counts})
+
+    async def remove_expired(envelope: Envelope, event: GuestExpired) -> None:
+        fields = {"guest_id": str(event.guest_id), "event_id": str(envelope.id)}
+        async with sessions() as session, session.begin():
+            if not await first_delivery(session, inbox, GROUP, envelope.id):
+                log.info("event seen before, ignored", extra=fields)
+                return
+            try:
+                removal = await expiry.remove_guest(session, event.guest_id)
+            except expiry.GuestWasClaimed as exc:
+                raise Permanent(str(exc)) from exc
+        log.info("expired guest's sessions removed",
+                 extra={**fields, "count": removal.sessions, "sessions": removal.sessions,
+                        "threads": removal.threads})
 
     return handle
 
