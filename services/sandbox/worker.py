@@ -4,6 +4,10 @@
 the whole run); a database row fences the guest's writes, then records the counts before
 anything moves, then ``done`` with ``SandboxMigrated`` in the outbox. Each step resumes where
 a crash left it, and a redelivered event changes nothing.
+
+On ``GuestExpired`` (auth removed a guest nobody claimed) it removes the guest's folder
+(``expiry``) under the guest's lock and records the event in the inbox in the same transaction;
+a crash before the commit only means the redelivery finds the folder gone.
 """
 
 import asyncio
@@ -14,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.sandbox import fence, paths
+from services.sandbox import expiry, fence, paths
 from services.sandbox.filesystem import Filesystem
 from services.sandbox.models import inbox, moves, outbox
 from services.sandbox.sandbox_move import Move, Plan
@@ -22,7 +26,7 @@ from shared import logs, worker
 from shared import outbox as events_out
 from shared.consuming import Handler, Permanent
 from shared.db import make_engine, make_sessionmaker
-from shared.events import Envelope, EventData, SandboxMigrated, UserLoggedIn
+from shared.events import Envelope, EventData, GuestExpired, SandboxMigrated, UserLoggedIn
 from shared.inbox import first_delivery
 from shared.settings import Settings
 
@@ -40,6 +44,9 @@ class MoveFailed(RuntimeError):
 def make_handler(sessions: async_sessionmaker[AsyncSession], root: Path,
                  fs: Filesystem | None = None) -> Handler:
     async def handle(envelope: Envelope, event: EventData) -> None:
+        if isinstance(event, GuestExpired):
+            await _remove_expired(sessions, root, envelope, event)
+            return
         if not isinstance(event, UserLoggedIn):
             log.debug("not an event for this worker", extra={"type": envelope.type})
             return
@@ -56,6 +63,27 @@ def make_handler(sessions: async_sessionmaker[AsyncSession], root: Path,
         await _filesystem(move.clean)
 
     return handle
+
+
+async def _remove_expired(sessions: async_sessionmaker[AsyncSession], root: Path,
+                          envelope: Envelope, event: GuestExpired) -> None:
+    try:
+        guest = paths.owner_id(event.guest_id)
+    except paths.BadOwner as exc:
+        raise Permanent(str(exc)) from exc
+    guest_id = uuid.UUID(guest)
+    async with sessions() as session, session.begin():
+        await fence.hold_exclusive(session, guest_id)
+        if not await first_delivery(session, inbox, GROUP, envelope.id):
+            log.info("event seen before, ignored", extra={"guest_id": guest})
+            return
+        if await fence.is_fenced(session, guest_id):
+            # auth never removes a claimed guest; whatever is left of its folder is the user's.
+            raise Permanent(f"guest {guest} was claimed; its folder is not removed")
+        removal = await _filesystem(expiry.remove_guest_folder, root, guest)
+    log.info("expired guest's folder removed", extra={
+        "guest_id": guest, "count": removal.files, "files": removal.files,
+        "folders": removal.folders, "links": removal.links, "bytes": removal.bytes})
 
 
 def _move_for(event: UserLoggedIn, root: Path, fs: Filesystem | None) -> Move:
