@@ -13,6 +13,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, ExchangeType
 
 from shared.events import (
+    GuestExpired,
     MigrationStepFailed,
     SandboxMigrated,
     SessionsMigrated,
@@ -31,8 +32,8 @@ class Group:
 
 
 GROUPS = {
-    "sessions": Group("sessions", (UserLoggedIn.routing_key(),)),
-    "sandbox": Group("sandbox", (UserLoggedIn.routing_key(),)),
+    "sessions": Group("sessions", (UserLoggedIn.routing_key(), GuestExpired.routing_key())),
+    "sandbox": Group("sandbox", (UserLoggedIn.routing_key(), GuestExpired.routing_key())),
     "auth": Group(
         "auth",
         (

@@ -16,6 +16,8 @@ def test_every_event_is_published_with_its_routing_key_schema_and_consumers():
     assert "sessions" in doc["channels"]["UserLoggedIn.v1"]["description"]
     assert "sandbox" in doc["channels"]["UserLoggedIn.v1"]["description"]
     assert "observers only" in doc["channels"]["MigrationCompleted.v1"]["description"]
+    for group in ("sessions", "sandbox"):
+        assert group in doc["channels"]["GuestExpired.v1"]["description"]
     assert "gm.observers" in doc["info"]["description"]
 
 
