@@ -67,16 +67,19 @@ async def test_a_redelivered_or_repeated_expiry_changes_nothing(api, handle, db,
     await make_sessions(api, bearer(mint, "guest", gone), 2)
     await make_sessions(api, bearer(mint, "guest", other), 2)
     envelope = expired(gone)
-    await deliver(handle, envelope)
 
     with caplog.at_level("INFO", logger=worker.__name__):
         await deliver(handle, envelope)
+        await deliver(handle, envelope)
         await deliver(handle, expired(gone))
 
+    assert await owned(db, guest_id=gone) == (0, 0)
     assert await owned(db, guest_id=other) == (2, 2)
     messages = [r.getMessage() for r in caplog.records]
     assert "event seen before, ignored" in messages
-    [again] = [r for r in caplog.records if r.getMessage() == "expired guest's sessions removed"]
+    first, again = [r for r in caplog.records
+                    if r.getMessage() == "expired guest's sessions removed"]
+    assert (first.count, first.threads) == (2, 2)
     assert (again.count, again.threads) == (0, 0)
 
 
