@@ -11,8 +11,8 @@ plain indexed columns, not foreign keys. They stay consistent because:
   request body;
 - the worker moves rows from a guest to a user only with the fence of that guest, in one
   transaction, so a guest's rows are either all the guest's or all the user's;
-- a guest id whose guest was removed leaves rows nobody can reach (no token names it); they are
-  removed with the guest by the clean-up job of case C12, not by a cascade across databases.
+- a guest auth removed unclaimed (case C12) is announced by ``GuestExpired``, on which the
+  worker deletes the rows it still owns (``expiry``): an event, not a cascade across databases.
 """
 
 from sqlalchemy import (
