@@ -1,8 +1,9 @@
 """The dead-letter queues: see what is there, and send chosen messages back to work.
 
 ``python -m tools.deadletters list [--group G]`` shows every dead-lettered message with its
-reason, event type, migration id and message id. It takes each message without acknowledging
-it and closes the channel after, so the broker keeps them all: looking never removes anything.
+reason, event type, subject (the migration id, or a GuestExpired's guest id) and message id.
+It takes each message without acknowledging it and closes the channel after, so the broker
+keeps them all: looking never removes anything.
 
 ``python -m tools.deadletters replay <message-id>... [--group G]`` publishes the chosen
 messages to their group's work queue (with confirms) with their retry count and failure
@@ -138,7 +139,7 @@ async def replay(
 def table(letters: list[DeadLetter]) -> str:
     if not letters:
         return "no dead letters"
-    rows = [("group", "message id", "type", "migration id", "retries", "failed at", "reason")]
+    rows = [("group", "message id", "type", "subject", "retries", "failed at", "reason")]
     # A validation error's reason spans lines; one line per dead letter keeps the table a table.
     rows += [(d.group, d.message_id, d.type, d.migration_id, str(d.retries), d.failed_at,
               " ".join(d.reason.split())[:REASON_WIDTH]) for d in letters]
