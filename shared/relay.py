@@ -11,10 +11,10 @@ import asyncio
 import contextlib
 import logging
 import sys
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import asyncpg
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -62,10 +62,11 @@ class Relay:
 
     async def _publish_batch(self) -> tuple[int, bool]:
         t = self._table
-        now = datetime.now(UTC)
+        # The database's clock, not this process's: rows are stamped by the database, and a
+        # relay whose clock runs behind would otherwise hold every new event back.
         due = (
             select(t.c.id, t.c.envelope, t.c.attempts)
-            .where(t.c.published_at.is_(None), t.c.next_attempt_at <= now)
+            .where(t.c.published_at.is_(None), t.c.next_attempt_at <= func.now())
             .order_by(t.c.created_at)
             .limit(BATCH)
             .with_for_update(skip_locked=True)
@@ -84,7 +85,7 @@ class Relay:
                         .where(t.c.id == row.id)
                         .values(
                             attempts=row.attempts + 1,
-                            next_attempt_at=now + backoff(row.attempts),
+                            next_attempt_at=func.now() + backoff(row.attempts),
                             last_error=repr(exc)[:500],
                         )
                     )
@@ -96,7 +97,7 @@ class Relay:
                     await self._publisher.close()
                     return sent, False
                 await session.execute(
-                    update(t).where(t.c.id == row.id).values(published_at=datetime.now(UTC))
+                    update(t).where(t.c.id == row.id).values(published_at=func.now())
                 )
                 sent += 1
                 log.info(

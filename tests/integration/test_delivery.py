@@ -2,7 +2,7 @@
 
 import asyncio
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import aio_pika
 import pytest
@@ -215,3 +215,25 @@ async def test_a_dead_step_message_reports_its_migration_failed_and_a_stray_one_
         reports.append(Envelope.model_validate_json(message.body).payload())
     assert [(r.migration_id, r.step, r.reason) for r in reports] == [
         (claim.migration_id, "sandbox", "disk on fire")]
+
+
+async def test_a_relay_whose_clock_runs_behind_still_publishes_at_once(
+    settings, databases, broker, sessions_for, channel, monkeypatch
+):
+    """Rows are stamped by the database, so 'due' is the database's clock, never the relay's."""
+
+    class HourBehind(datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.now(tz) - timedelta(hours=1)
+
+    monkeypatch.setattr("shared.relay.datetime", HourBehind, raising=False)
+    queue = await watch(channel, broker, "UserLoggedIn.v1")
+    sessions = sessions_for("auth")
+    async with sessions() as session, session.begin():
+        envelope = await events_out.add(session, outbox, logged_in(), "/test")
+
+    publisher = Publisher(settings.amqp_url, broker)
+    await Relay(sessions, outbox, publisher).drain()
+    await publisher.close()
+    assert (await next_message(queue, str(envelope.id))).message_id == str(envelope.id)
