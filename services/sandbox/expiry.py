@@ -19,16 +19,10 @@ from services.sandbox import paths
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
 
 
-@dataclass(frozen=True)
-class Removal:
-    files: int = 0
-    folders: int = 0
-    links: int = 0
-    bytes: int = 0
-
-
 @dataclass
-class _Tally:
+class Removal:
+    """What a removal took away, counted as it goes."""
+
     files: int = 0
     folders: int = 0
     links: int = 0
@@ -41,9 +35,6 @@ class _Tally:
         else:
             self.links += 1  # links and any other special file, never followed
 
-    def result(self) -> Removal:
-        return Removal(self.files, self.folders, self.links, self.bytes)
-
 
 def remove_guest_folder(root: Path, guest_id: object) -> Removal:
     """Remove the guest's folder and everything in it; ``BadOwner`` for a malformed id."""
@@ -55,7 +46,7 @@ def remove_guest_folder(root: Path, guest_id: object) -> Removal:
     except OSError as exc:
         raise paths.LinkRefused(f"{root / paths.FOLDERS['guest']} is not a real folder: "
                                 f"{exc.strerror}") from exc
-    tally = _Tally()
+    tally = Removal()
     try:
         try:
             info = os.stat(guest, dir_fd=guests, follow_symlinks=False)
@@ -64,16 +55,16 @@ def remove_guest_folder(root: Path, guest_id: object) -> Removal:
         if not stat.S_ISDIR(info.st_mode):
             os.unlink(guest, dir_fd=guests)
             tally.unlinked(info)
-            return tally.result()
+            return tally
         _empty(os.open(guest, _OPEN_DIR, dir_fd=guests), tally)
         os.rmdir(guest, dir_fd=guests)
         tally.folders += 1
     finally:
         os.close(guests)
-    return tally.result()
+    return tally
 
 
-def _empty(top: int, tally: _Tally) -> None:
+def _empty(top: int, tally: Removal) -> None:
     """Remove everything inside the open folder ``top`` (closed on return), depth first."""
     # Each frame: the folder's descriptor, its name in the parent, and its listing.
     frames = [(top, "", _listing(top))]

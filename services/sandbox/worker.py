@@ -37,8 +37,9 @@ SOURCE = "/services/sandbox"
 
 
 class MoveFailed(RuntimeError):
-    """A filesystem step failed. Not an ``OSError``, so the shared policy spends the retry
-    budget on it instead of waiting forever as if a server were down."""
+    """A filesystem step failed. Never an outage of the database or broker, even where its
+    ``OSError`` shares a class with connection errors (a timed-out network filesystem raises
+    ``TimeoutError``), so the shared policy spends the retry budget on it."""
 
 
 def make_handler(sessions: async_sessionmaker[AsyncSession], root: Path,
