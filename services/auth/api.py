@@ -133,7 +133,7 @@ async def new_guest(request: Request, session: DbSession) -> Guest:
     return Guest(guest_id=guest["id"], guest_token=token, expires_at=guest["expires_at"])
 
 
-@router.post("/signup", status_code=201)
+@router.post("/signup", status_code=201, response_model_exclude_none=True)
 async def signup(body: Credentials, request: Request, session: DbSession) -> Session:
     """Create an account; with a guest token, the guest's work starts moving to it."""
     guest_id = await _guest_of(request, body.guest_token) if body.guest_token else None
@@ -144,7 +144,7 @@ async def signup(body: Credentials, request: Request, session: DbSession) -> Ses
     return _session_for(request, user, ref)
 
 
-@router.post("/login")
+@router.post("/login", response_model_exclude_none=True)
 async def login(body: Credentials, request: Request, session: DbSession) -> Session:
     """Log in; with a guest token, the guest's work starts moving to the account."""
     guest_id = await _guest_of(request, body.guest_token) if body.guest_token else None

@@ -110,7 +110,7 @@ async def test_a_duplicate_signup_is_a_conflict_in_any_letter_case(auth):
                                                          "password": "correct horse"})
     second = await auth.post("/api/v1/auth/signup", json={"email": address.upper(),
                                                           "password": "correct horse"})
-    assert first.status_code == 201 and first.json()["migration"] is None
+    assert first.status_code == 201 and "migration" not in first.json()
     assert second.status_code == 409
     assert second.json()["error"]["code"] == "email_taken"
 
@@ -166,3 +166,17 @@ async def test_a_body_that_is_not_json_is_a_clear_error(auth):
     assert response.status_code == 422
     assert response.json()["error"] == {"code": "invalid_json",
                                          "message": "the body is not valid JSON"}
+
+
+async def test_a_login_without_a_guest_token_starts_no_migration_and_says_none(auth):
+    """C10: ``migration`` is present only when a guest token came along."""
+    address = email()
+    await auth.post("/api/v1/auth/signup", json={"email": address, "password": "correct horse"})
+    login = await auth.post("/api/v1/auth/login", json={"email": address,
+                                                        "password": "correct horse"})
+    assert login.status_code == 200
+    assert "migration" not in login.json()
+    assert set(login.json()) == {"access_token", "token_type", "expires_at", "user"}
+    me = await auth.get("/api/v1/auth/me",
+                        headers={"Authorization": f"Bearer {login.json()['access_token']}"})
+    assert me.json()["email"] == address
